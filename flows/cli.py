@@ -1,0 +1,128 @@
+"""``metarec``: one command per pipeline stage, plus ``run`` (the whole retraining flow).
+
+Stage commands are what ``dvc.yaml`` calls; ``run`` drives the same stages through the Prefect flow.
+Errors print one clear message (no traceback unless ``--debug``) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.params import Params, load_params
+from pipeline.paths import Paths
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file", show_default=True)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a param: section.key=value (repeatable)", show_default=False),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _execute(name: str, params_file: Path, overrides: list[str] | None, debug: bool,
+             body: Callable[[Params, Paths], Any]) -> Any:
+    """Load params, run ``body``; turn any failure into one readable line and exit code 1 (2: bad params)."""
+    _configure_logging(debug)
+    try:
+        params = load_params(params_file, overrides or [])
+    except ValueError as exc:
+        typer.secho(f"metarec {name}: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    try:
+        return body(params, Paths(Path.cwd()))
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        typer.secho(f"metarec {name} failed: {exc}", err=True, fg="red")
+        typer.secho("(run again with --debug for the traceback)", err=True, fg="bright_black")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def ingest(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Read the configured source and write typed parquet tables (ratings, users, items)."""
+    from pipeline.data.ingest import ingest as run_ingest
+
+    counts = _execute("ingest", params, set_, debug, run_ingest)
+    typer.echo(f"ingested: {json.dumps(counts)}")
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Run the Great Expectations suites over the ingested tables; stop on failure."""
+    from pipeline.validation.validate import validate as run_validate
+
+    report = _execute("validate", params, set_, debug, run_validate)
+    typer.echo(f"validation passed: {report.summary()}")
+
+
+@app.command()
+def features(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Embed item text, encode attributes, build per-user tasks."""
+    from pipeline.features.build import build_features
+
+    fs = _execute("features", params, set_, debug, build_features)
+    typer.echo(f"features: {fs.n_users} users, {fs.n_items} items, text dim {fs.text_dim}")
+
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Meta-train the recommender through torchrun (gloo on CPU, NCCL on GPU)."""
+    from pipeline.training.stage import train_stage
+
+    summary = _execute("train", params, set_, debug, train_stage)
+    typer.echo(f"trained: {json.dumps(summary)}")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Cross-validate every model on the same folds; write metrics/cv.json."""
+    from pipeline.evaluation.cv import evaluate as run_evaluate
+    from pipeline.evaluation.cv import format_table
+
+    cv = _execute("evaluate", params, set_, debug, run_evaluate)
+    typer.echo(format_table(cv))
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Log the run to MLflow, register the model, move the champion alias if it wins."""
+    from pipeline.registry.register import register as run_register
+
+    info = _execute("register", params, set_, debug, run_register)
+    typer.echo(f"registered {info['name']} version {info['version']} as {info['alias']}")
+
+
+@app.command()
+def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """The whole retraining flow (Prefect): ingest → validate → features → train → evaluate → register."""
+
+    def body(p: Params, paths: Paths) -> dict[str, Any]:
+        from flows.retrain import retrain
+
+        return retrain(params_file=str(params), overrides=list(set_ or []), root=str(paths.root))
+
+    result = _execute("run", params, set_, debug, body)
+    typer.echo(result["table"])
+    typer.echo(f"registered {result['registration']['name']} version {result['registration']['version']}"
+               f" as {result['registration']['alias']}")

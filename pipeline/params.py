@@ -1,0 +1,200 @@
+"""The one validated parameter model, read from ``params.yaml`` plus ``--set section.key=value`` overrides.
+
+Every stage receives a :class:`Params`; unknown keys and invalid values are rejected before any work
+starts, with the dotted key named in the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the key and the rule."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticParams(_Section):
+    """Seeded generator with planted user/item structure (for tests and smoke runs)."""
+
+    n_users: PositiveInt = 120
+    n_items: PositiveInt = 80
+    n_factors: PositiveInt = 4
+    min_ratings: PositiveInt = 15
+    max_ratings: PositiveInt = 40
+    noise: Annotated[float, Field(ge=0)] = 0.3
+
+    @model_validator(mode="after")
+    def _range(self) -> SyntheticParams:
+        if self.min_ratings > self.max_ratings:
+            raise ValueError("min_ratings must be <= max_ratings")
+        if self.max_ratings > self.n_items:
+            raise ValueError("max_ratings must be <= n_items")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["movielens-100k", "movielens-1m", "recbole", "synthetic"] = "movielens-100k"
+    name: str = "ml-100k"
+    path: str | None = None
+    download: bool = True
+    max_file_mb: PositiveFloat = 2048.0
+    synthetic: SyntheticParams = SyntheticParams()
+
+
+class ValidateParams(_Section):
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    on_error: Literal["fail", "quarantine"] = "fail"
+    max_bad_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+    @model_validator(mode="after")
+    def _range(self) -> ValidateParams:
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be < rating_max")
+        return self
+
+
+class FeaturesParams(_Section):
+    text_encoder: str = "all-MiniLM-L6-v2"
+    text_template: str = "{title} ({year}). Genres: {genres}. {extra}"
+    batch_size: PositiveInt = 128
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    query_size: PositiveInt = 10
+
+
+class TrainParams(_Section):
+    algorithm: Literal["maml", "fomaml", "metasgd"] = "maml"
+    adapt: Literal["decision", "all"] = "decision"
+    embedding_dim: PositiveInt = 32
+    hidden: tuple[PositiveInt, ...] = (64, 64)
+    inner_steps: Annotated[int, Field(ge=0)] = 5
+    inner_lr: PositiveFloat = 0.05
+    outer_lr: PositiveFloat = 1e-3
+    meta_batch: PositiveInt = 32
+    epochs: PositiveInt = 20
+    max_support: PositiveInt = 64
+    query_size: PositiveInt = 10
+    nproc: PositiveInt = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False
+    checkpoint_every: PositiveInt = 50
+
+
+class EvalParams(_Section):
+    folds: Annotated[int, Field(ge=2)] = 5
+    support_size: PositiveInt = 10
+    models: tuple[Literal["global_mean", "linear_bias", "lightgbm", "meta"], ...] = (
+        "global_mean",
+        "linear_bias",
+        "lightgbm",
+        "meta",
+    )
+    ndcg_k: PositiveInt = 3
+
+
+class RegisterParams(_Section):
+    model_name: str = "metarec"
+    experiment: str = "metarec"
+    gate_metric: Literal["mae", "rmse"] = "mae"
+    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+
+
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class Params(BaseModel):
+    """All of ``params.yaml``; one section per stage (``validate`` is read as ``params.validation``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 42
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    features: FeaturesParams = FeaturesParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
+    # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
+    register: RegisterParams = RegisterParams()
+
+    @property
+    def validation(self) -> ValidateParams:
+        return self.validate_
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """Stable sha256 of the effective params (used as a lineage tag)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` → (dotted key, YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"--set {text!r}: expected section.key=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        rule = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        shown = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {rule}{shown}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read ``path`` (missing → defaults), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            source = str(p)
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ParamsError(f"{p}: not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ParamsError(f"{p}: the top level must be a mapping of sections")
+            tree = loaded
+        elif str(p) != "params.yaml":
+            raise ParamsError(f"params file not found: {p}")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None

@@ -1,0 +1,79 @@
+"""The params model: defaults, overrides, and errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.params_file import write_overrides
+from pipeline.params import Params, ParamsError, load_params, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_file_is_valid_and_complete() -> None:
+    """params.yaml holds every key of the model, so the file documents every setting."""
+    params = load_params(REPO / "params.yaml")
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in tree.items():
+            out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return out
+
+    assert keys(on_disk) == keys(params.to_dict())
+
+
+def test_override_is_parsed_as_yaml() -> None:
+    assert parse_override("train.inner_steps=3") == ("train.inner_steps", 3)
+    assert parse_override("train.hidden=[32, 16]") == ("train.hidden", [32, 16])
+    assert parse_override("data.path=/tmp/x") == ("data.path", "/tmp/x")
+    with pytest.raises(ParamsError, match=r"section\.key=value"):
+        parse_override("train.inner_steps")
+
+
+def test_overrides_apply_and_validate(tmp_path: Path) -> None:
+    p = load_params(None, ["train.inner_steps=2", "data.source=synthetic", "eval.models=[meta]"])
+    assert p.train.inner_steps == 2
+    assert p.data.source == "synthetic"
+    assert p.eval.models == ("meta",)
+    assert p.train.outer_lr == Params().train.outer_lr
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.inner_stepz=2", "train.inner_stepz: unknown key"),
+        ("train.inner_steps=-1", "train.inner_steps"),
+        ("data.source=netflix", "data.source"),
+        ("validate.rating_min=9", "rating_min must be < rating_max"),
+        ("bogus.key=1", "bogus: unknown key"),
+    ],
+)
+def test_bad_params_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        load_params(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_digest_changes_with_params() -> None:
+    assert Params().digest() == load_params(None).digest()
+    assert Params().digest() != load_params(None, ["seed=7"]).digest()
+
+
+def test_write_overrides_keeps_comments(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("# top comment\ntrain:\n  inner_steps: 5  # steps\n  outer_lr: 0.001\n")
+    write_overrides(f, ["train.inner_steps=2", "eval.folds=3"])
+    text = f.read_text()
+    assert "# top comment" in text and "# steps" in text
+    assert load_params(f).train.inner_steps == 2
+    assert load_params(f).eval.folds == 3
