@@ -35,6 +35,9 @@ def _configure_logging(debug: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not debug:
+        for noisy in ("great_expectations", "mlflow", "alembic", "sentence_transformers", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _execute(name: str, params_file: Path, overrides: list[str] | None, debug: bool,

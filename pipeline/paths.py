@@ -20,6 +20,11 @@ class Paths:
     def ingested(self) -> Path:
         return self.root / "data" / "ingested"
 
+    @property
+    def raw(self) -> Path:
+        """Downloaded source archives and their unpacked files (only ever read after unpacking)."""
+        return self.root / "data" / "raw"
+
     def table(self, name: str) -> Path:
         """Typed parquet table ``ratings``, ``users`` or ``items``."""
         return self.ingested / f"{name}.parquet"

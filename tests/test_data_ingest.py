@@ -1,0 +1,264 @@
+"""Ingest: GroupLens and RecBole atomic layouts, typed tables, and a DataError for every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.data import DataError, ingest, load_tables, read_tables
+from pipeline.params import Params
+from pipeline.paths import Paths
+
+DATA = Path(__file__).parent / "data"
+FIXTURES = DATA / "fixtures"
+BAD = DATA / "bad"
+RATINGS_DTYPES = {"user_id": "str", "item_id": "str", "rating": "float64", "timestamp": "Int64"}
+ITEM_CORE = ["item_id", "title", "year", "genres"]
+
+
+def make_params(**data: object) -> Params:
+    return Params.model_validate({"data": data})
+
+
+def dtypes(df: pd.DataFrame) -> dict[str, str]:
+    return {c: str(t) for c, t in df.dtypes.items()}
+
+
+def test_ml100k_official_layout(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    counts = ingest(make_params(source="movielens-100k", path=str(FIXTURES / "ml-100k")), paths)
+    assert counts == {"ratings": 15, "users": 5, "items": 6}
+    tables = load_tables(paths)
+    assert dtypes(tables.ratings) == RATINGS_DTYPES
+    assert dtypes(tables.users) == {
+        "user_id": "str",
+        "age": "Int64",
+        "gender": "str",
+        "occupation": "str",
+        "zip_code": "str",
+    }
+    assert dtypes(tables.items)["year"] == "Int64"
+    assert tables.ratings.iloc[5].to_dict() == {
+        "user_id": "2",
+        "item_id": "6",
+        "rating": 1.0,
+        "timestamp": 881000300,
+    }
+    items = tables.items.set_index("item_id")
+    assert items.loc["2", ["title", "year", "genres"]].tolist() == ["Café Müller", 1996, "Drama|Musical"]
+    assert items.loc["3", "genres"] == "Animation|Children's|Sci-Fi"
+    assert items.loc["4", "title"] == "Night Shift, The"
+    assert items.loc["5", "title"] == "unknown" and pd.isna(items.loc["5", "year"])
+    assert items.loc["5", "genres"] == "unknown"
+    assert items.loc["6", ["title", "year"]].tolist() == ["Dust Riders", 1989]  # year from the release date
+    assert items.loc["1", "imdb_url"] == "http://movies.example.org/title/1"
+    assert pd.isna(items.loc["1", "video_release_date"])
+    users = tables.users.set_index("user_id")
+    assert users.loc["2", ["age", "gender", "occupation", "zip_code"]].tolist() == [
+        41,
+        "M",
+        "artist",
+        "02139",
+    ]
+
+
+def test_ml100k_without_u_genre_uses_the_standard_genres(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-100k"
+    shutil.copytree(FIXTURES / "ml-100k", folder)
+    (folder / "u.genre").unlink()
+    without = read_tables(make_params(path=str(folder)), Paths(tmp_path))
+    with_file = read_tables(make_params(path=str(FIXTURES / "ml-100k")), Paths(tmp_path))
+    pd.testing.assert_frame_equal(without.items, with_file.items)
+
+
+def test_atomic_layout_gives_the_same_tables_as_the_official_one(tmp_path: Path) -> None:
+    official = read_tables(make_params(path=str(FIXTURES / "ml-100k")), Paths(tmp_path))
+    atomic = read_tables(make_params(name="tiny", path=str(FIXTURES / "atomic")), Paths(tmp_path))
+    pd.testing.assert_frame_equal(atomic.ratings, official.ratings)
+    pd.testing.assert_frame_equal(atomic.users, official.users)
+    # atomic item 5 has year "unknown", item 6 title "Dust Riders (1989)", year "V" (as in RecBole ml-100k)
+    pd.testing.assert_frame_equal(atomic.items[ITEM_CORE], official.items[ITEM_CORE])
+    assert list(atomic.items.columns) == ITEM_CORE
+
+
+def test_ml1m_official_layout(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    counts = ingest(make_params(source="movielens-1m", path=str(FIXTURES / "ml-1m")), paths)
+    assert counts == {"ratings": 12, "users": 4, "items": 5}
+    tables = load_tables(paths)
+    assert dtypes(tables.ratings) == RATINGS_DTYPES
+    users = tables.users.set_index("user_id")
+    assert users["occupation"].tolist() == ["technician/engineer", "retired", "college/grad student", "other"]
+    assert users.loc["1", ["age", "gender", "zip_code"]].tolist() == [25, "F", "10001"]
+    items = tables.items.set_index("item_id")
+    assert items.loc["2", ["title", "year", "genres"]].tolist() == ["Café Müller", 1996, "Drama|Musical"]
+    assert items.loc["5", ["title", "year"]].tolist() == ["Dust Riders", 1989]
+
+
+def test_recbole_without_user_file_or_timestamps(tmp_path: Path) -> None:
+    tables = read_tables(
+        make_params(source="recbole", name="shop", path=str(FIXTURES / "recbole-min")), Paths(tmp_path)
+    )
+    assert tables.users.columns.tolist() == ["user_id"]
+    assert tables.users["user_id"].tolist() == ["alice", "bob", "carol", "dave", "erin"]
+    assert dtypes(tables.ratings) == RATINGS_DTYPES
+    assert tables.ratings["timestamp"].isna().all()
+    assert tables.ratings["rating"].tolist() == [5, 3, 4, 1.5, 2, 4, 5, 4, 3, 4.5]
+    items = tables.items.set_index("item_id")
+    assert items.columns.tolist() == ["title", "year", "genres", "brand", "price"]
+    assert items.loc["sku-3"].tolist() == ["Rain Jacket", 2022, "outdoor|clothing", "Pace", "150.5"]
+    assert dtypes(tables.items)["price"] == "str"
+
+
+def test_atomic_user_attributes_are_typed_by_content(tmp_path: Path) -> None:
+    tables = read_tables(make_params(name="tiny", path=str(FIXTURES / "atomic")), Paths(tmp_path))
+    # age holds plain integers → Int64; zip codes stay text (leading zeros, letters)
+    assert dtypes(tables.users) == {
+        "user_id": "str",
+        "age": "Int64",
+        "gender": "str",
+        "occupation": "str",
+        "zip_code": "str",
+    }
+
+
+def test_ingest_leaves_raw_input_untouched_and_no_temp_files(tmp_path: Path) -> None:
+    def digest() -> dict[str, str]:
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in FIXTURES.rglob("*") if p.is_file()
+        }
+
+    before = digest()
+    paths = Paths(tmp_path)
+    for layout, extra in (
+        ("ml-100k", {}),
+        ("ml-1m", {"source": "movielens-1m"}),
+        ("atomic", {"name": "tiny"}),
+    ):
+        ingest(make_params(path=str(FIXTURES / layout), **extra), paths)
+    assert digest() == before
+    assert sorted(p.name for p in paths.ingested.iterdir()) == [
+        "items.parquet",
+        "ratings.parquet",
+        "users.parquet",
+    ]
+
+
+BAD_CASES = {
+    # folder: (params, file, row, column, rule fragment)
+    "atomic-missing-column": ({}, "tiny.inter", 1, "rating", "missing column(s) rating"),
+    "atomic-wrong-delimiter": ({}, "tiny.inter", 1, "item_id", "missing column(s) item_id, rating"),
+    "atomic-not-a-number": ({}, "tiny.inter", 7, "rating", "not a number ('abc')"),
+    "atomic-empty-file": ({}, "tiny.inter", None, None, "empty file"),
+    "atomic-header-only": ({}, "tiny.inter", None, None, "header only"),
+    "atomic-truncated-last-line": ({}, "tiny.inter", 16, "rating", "truncated last line"),
+    "atomic-invalid-encoding": ({}, "tiny.item", 3, None, "invalid utf-8 byte 0xe9"),
+    "atomic-binary-garbage": ({}, "tiny.inter", 5, None, "binary content (NUL byte)"),
+    "atomic-duplicate-item": ({}, "tiny.item", 5, "item_id", "duplicate id '3' (first on line 4)"),
+    "atomic-bad-field-type": ({}, "tiny.inter", 1, "rating", "got 'number'"),
+    "ml100k-wrong-delimiter": ({}, "u.data", 1, "item_id", "expected 4 tab-separated fields, got 1"),
+    "ml100k-duplicate-user": ({}, "u.user", 4, "user_id", "duplicate id '2' (first on line 2)"),
+    "ml100k-bad-genre-flag": ({}, "u.item", 2, "genre:Comedy", "genre flag must be 0 or 1 ('x')"),
+    "ml100k-age-not-a-number": ({}, "u.user", 3, "age", "not a number ('eighteen')"),
+    "ml1m-unknown-occupation": (
+        {"source": "movielens-1m"},
+        "users.dat",
+        2,
+        "occupation",
+        "unknown occupation",
+    ),
+    "ml1m-extra-field": (
+        {"source": "movielens-1m"},
+        "ratings.dat",
+        4,
+        None,
+        "expected 4 '::'-separated fields",
+    ),
+}
+
+
+def test_every_bad_fixture_has_a_case() -> None:
+    assert sorted(p.name for p in BAD.iterdir()) == sorted(BAD_CASES)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_raises_data_error_naming_file_row_column_rule(case: str, tmp_path: Path) -> None:
+    extra, file, row, column, rule = BAD_CASES[case]
+    params = make_params(path=str(BAD / case), name="tiny", **extra)
+    paths = Paths(tmp_path)
+    with pytest.raises(DataError) as caught:
+        ingest(params, paths)
+    err = caught.value
+    assert (Path(err.file).name, err.row, err.column) == (file, row, column)
+    assert rule in err.rule
+    assert str(err).startswith(
+        file + (f" line {row}" if row else "") + (f", column {column}" if column else "")
+    )
+    assert not paths.ingested.exists()  # nothing half-written
+
+
+def test_data_error_message_format_and_pickling() -> None:
+    err = DataError("/x/ml-100k.inter", 7, "rating", "not a number ('abc')")
+    assert str(err) == "ml-100k.inter line 7, column rating: not a number ('abc')"
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.file, again.row, again.column, again.rule, str(again)) == (
+        err.file,
+        err.row,
+        err.column,
+        err.rule,
+        str(err),
+    )
+
+
+def test_files_over_the_size_limit_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"u\.data: file is .* larger than data\.max_file_mb=0\.0001"):
+        read_tables(make_params(path=str(FIXTURES / "ml-100k"), max_file_mb=0.0001), Paths(tmp_path))
+
+
+def test_folder_without_known_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"found neither u\.data \(GroupLens layout\) nor ml-100k\.inter"):
+        read_tables(make_params(path=str(tmp_path)), Paths(tmp_path))
+
+
+def test_movielens_100k_from_the_mirror(
+    data_mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METAREC_DATA_MIRROR", str(data_mirror))
+    paths = Paths(tmp_path)
+    assert ingest(Params(), paths) == {"ratings": 100_000, "users": 943, "items": 1682}
+    tables = load_tables(paths)
+    assert dtypes(tables.ratings) == RATINGS_DTYPES
+    assert tables.ratings.iloc[0].to_dict() == {
+        "user_id": "196",
+        "item_id": "242",
+        "rating": 3.0,
+        "timestamp": 881250949,
+    }
+    assert tables.ratings["rating"].value_counts().sort_index().tolist() == [6110, 11370, 27145, 34174, 21201]
+    items = tables.items.set_index("item_id")
+    assert items.loc["1", ["title", "year", "genres"]].tolist() == [
+        "Toy Story",
+        1995,
+        "Animation|Children's|Comedy",
+    ]
+    assert items.loc["1412", ["title", "year"]].tolist() == [
+        "Land Before Time III: The Time of the Great Giving",
+        1995,
+    ]
+    assert pd.isna(items.loc["267", "year"])
+    assert tables.items["year"].isna().sum() == 1
+    users = tables.users.set_index("user_id")
+    assert users.loc["1", ["age", "gender", "occupation", "zip_code"]].tolist() == [
+        24,
+        "M",
+        "technician",
+        "85711",
+    ]
+    again = read_tables(Params(), paths)
+    pd.testing.assert_frame_equal(again.ratings, tables.ratings)
+    pd.testing.assert_frame_equal(again.items, tables.items)
