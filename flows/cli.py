@@ -129,3 +129,60 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: Deb
     typer.echo(result["table"])
     typer.echo(f"registered {result['registration']['name']} version {result['registration']['version']}"
                f" as {result['registration']['alias']}")
+
+
+@app.command()
+def promote(
+    version: Annotated[int | None, typer.Option("--version", help="make version N the champion")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="back to the previous champion")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Move the champion alias by hand: `--version N`, or `--rollback` to the previous champion."""
+
+    def body(p: Params, paths: Paths) -> Any:
+        from mlflow import MlflowClient
+
+        from pipeline.registry.promote import promote as run_promote
+        from pipeline.registry.promote import rollback as run_rollback
+        from pipeline.registry.register import tracking_uri
+
+        if (version is None) != rollback:
+            raise ValueError("give exactly one of --version N or --rollback")
+        uri = tracking_uri(paths)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        name = p.register.model_name
+        return run_rollback(client, name) if rollback else run_promote(client, name, version, "manual")
+
+    moved = _execute("promote", params, set_, debug, body)
+    unchanged = "" if moved.moved else ", unchanged"
+    typer.echo(f"champion: version {moved.champion} (was {moved.previous_champion}){unchanged}")
+
+
+feedback_app = typer.Typer(no_args_is_help=True, help="Feed new ratings back into the data.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("add")
+def feedback_add(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL of user_id, item_id, rating, timestamp")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate FILE, store it as a DVC-tracked feedback batch, retrain once enough ratings arrived."""
+
+    def body(p: Params, paths: Paths) -> dict[str, Any]:
+        from flows.feedback import feedback
+
+        overrides = list(set_ or [])
+        return feedback(file=str(file), params_file=str(params), overrides=overrides, root=str(paths.root))
+
+    result = _execute("feedback add", params, set_, debug, body)
+    state = "stored as" if result["added"] else "already stored as"
+    typer.echo(f"{result['rows']} ratings {state} feedback/{result['batch']}; "
+               f"{result['pending']} new since the last retraining (retrain after {result['retrain_after']})")
+    if result["retrained"]:
+        reg = result["registration"]
+        typer.echo(f"retrained: registered {reg['name']} version {reg['version']} as {reg['alias']}")

@@ -80,18 +80,35 @@ class TrainParams(_Section):
     algorithm: Literal["maml", "fomaml", "metasgd"] = "maml"
     adapt: Literal["decision", "all"] = "decision"
     embedding_dim: PositiveInt = 32
-    hidden: tuple[PositiveInt, ...] = (64, 64)
+    hidden: tuple[PositiveInt, ...] = (128, 64)
     inner_steps: Annotated[int, Field(ge=0)] = 5
-    inner_lr: PositiveFloat = 0.05
-    outer_lr: PositiveFloat = 1e-3
-    meta_batch: PositiveInt = 32
+    inner_lr: PositiveFloat = 0.2
+    outer_lr: PositiveFloat = 3e-3
+    meta_batch: PositiveInt = 16
     epochs: PositiveInt = 20
-    max_support: PositiveInt = 64
-    query_size: PositiveInt = 10
+    max_support: PositiveInt = 10
+    query_size: PositiveInt = 100
     nproc: PositiveInt = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = False
     checkpoint_every: PositiveInt = 50
+    # loop: per-task reference; vmap: torch.func over the meta-batch; graph: vmap in a CUDA graph (CUDA only)
+    impl: Literal["loop", "vmap", "graph"] = "vmap"
+    # probability that a training rating hides its item id (content only): trains the unknown-item row
+    item_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # support size per training task is uniform in [min_support, max_support]; match eval.support_size
+    min_support: Annotated[int, Field(ge=0)] = 10
+    # redraw each training user's support/query split every epoch from all its ratings
+    resplit: bool = True
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # torchrun restarts the worker group up to this many times, resuming from the newest checkpoint
+    max_restarts: Annotated[int, Field(ge=0)] = 1
+
+    @model_validator(mode="after")
+    def _support_range(self) -> TrainParams:
+        if self.min_support > self.max_support:
+            raise ValueError("min_support must be <= max_support")
+        return self
 
 
 class EvalParams(_Section):
@@ -111,6 +128,17 @@ class RegisterParams(_Section):
     experiment: str = "metarec"
     gate_metric: Literal["mae", "rmse"] = "mae"
     min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    # the paired test (over users, else folds) must give p below this for the champion to move
+    max_p: Annotated[float, Field(gt=0, le=1)] = 0.05
+    # how the served model scores the candidates: float, or int8 dynamic quantisation of the decision MLP
+    compression: Literal["none", "int8"] = "none"
+    # users whose query sets measure the served model's MAE (float beside compressed)
+    sample_users: PositiveInt = 200
+
+
+class FeedbackParams(_Section):
+    # new ratings (feedback batches since the last retraining) that trigger a retraining run
+    retrain_after: PositiveInt = 1000
 
 
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -129,6 +157,7 @@ class Params(BaseModel):
     eval: EvalParams = EvalParams()
     # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
     register: RegisterParams = RegisterParams()
+    feedback: FeedbackParams = FeedbackParams()
 
     @property
     def validation(self) -> ValidateParams:

@@ -33,6 +33,16 @@ class Paths:
     def quarantine(self) -> Path:
         return self.root / "data" / "quarantine"
 
+    @property
+    def feedback(self) -> Path:
+        """Immutable feedback batches (one DVC-tracked parquet file each), merged by ``ingest``."""
+        return self.root / "feedback"
+
+    @property
+    def feedback_state(self) -> Path:
+        """Up to which feedback batch the last retraining run went."""
+        return self.root / "reports" / "feedback.json"
+
     # validate
     @property
     def validation_reports(self) -> Path:
@@ -74,6 +84,10 @@ class Paths:
         return self.root / "plots"
 
     @property
+    def train_curve(self) -> Path:
+        return self.plots / "train_curve.json"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 
@@ -81,3 +95,12 @@ class Paths:
     @property
     def registration(self) -> Path:
         return self.root / "reports" / "registration.json"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """The default MLflow tracking store (sqlite); ``MLFLOW_TRACKING_URI`` overrides it."""
+        return self.root / "mlruns.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"

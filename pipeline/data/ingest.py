@@ -47,6 +47,10 @@ def read_tables(params: Params, paths: Paths) -> Tables:
 def ingest(params: Params, paths: Paths) -> dict[str, int]:
     """Write ``paths.table(t)`` for t in ratings, users, items; return the row count of each."""
     tables = read_tables(params, paths)
+    # feedback loop: the stored feedback batches (paths.feedback) join the source's ratings
+    from pipeline.feedback.merge import merge_feedback  # it reads files with this package's readers
+
+    tables = merge_feedback(tables, paths.feedback)
     counts: dict[str, int] = {}
     for name in TABLES:
         table: pd.DataFrame = getattr(tables, name)

@@ -1,0 +1,1 @@
+"""Baseline cold-start models behind the :class:`~pipeline.baselines.base.ColdStartModel` protocol."""

@@ -1,0 +1,1 @@
+"""Cross-validated evaluation of cold-start models: metrics, user splits, the CV stage."""

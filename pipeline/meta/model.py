@@ -1,0 +1,129 @@
+"""The MeLU-style rating model: embeddings of user and item attributes → decision MLP → rating.
+
+Item attributes (categorical codes, multi-hot genres, frozen language-model text embedding) are buffers,
+so a saved model scores any known item by its index alone. Row ``n_items`` of every item table is the
+"unknown item": no attributes, and the id embedding used for items the model never trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+DECISION_PREFIX = "decision."
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Shapes of the inputs, read from a FeatureSet; saved with the model so it can be rebuilt."""
+
+    user_cards: tuple[int, ...]
+    item_cards: tuple[int, ...]
+    n_items: int
+    n_multi: int
+    text_dim: int
+    rating_min: float
+    rating_max: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelDims:
+        return cls(**{**d, "user_cards": tuple(d["user_cards"]), "item_cards": tuple(d["item_cards"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["user_cards"], out["item_cards"] = list(self.user_cards), list(self.item_cards)
+        return out
+
+
+class MeLU(nn.Module):
+    """Rating = global mean + MLP([user field embeddings, item id, item fields, genres, text projection])."""
+
+    def __init__(self, dims: ModelDims, embedding_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+        e = embedding_dim
+        self.user_embeddings = nn.ModuleList(nn.Embedding(card, e) for card in dims.user_cards)
+        self.item_id = nn.Embedding(dims.n_items + 1, e)
+        self.item_embeddings = nn.ModuleList(nn.Embedding(card, e) for card in dims.item_cards)
+        self.genre = nn.Linear(dims.n_multi, e, bias=False) if dims.n_multi else None
+        self.text = nn.Linear(dims.text_dim, e) if dims.text_dim else None
+        for emb in [*self.user_embeddings, self.item_id, *self.item_embeddings]:
+            nn.init.normal_(emb.weight, std=0.01)  # rows that are rarely updated stay near the average
+        n_parts = (
+            len(dims.user_cards)
+            + 1
+            + len(dims.item_cards)
+            + (self.genre is not None)
+            + (self.text is not None)
+        )
+        layers: list[nn.Module] = []
+        width = n_parts * e
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.decision = nn.Sequential(*layers)
+
+        n = dims.n_items + 1
+        self.register_buffer("item_cats", torch.zeros(n, len(dims.item_cards), dtype=torch.long))
+        self.register_buffer("item_multi", torch.zeros(n, dims.n_multi))
+        self.register_buffer("item_text", torch.zeros(n, dims.text_dim))
+        self.register_buffer("item_seen", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("global_mean", torch.zeros(()))
+
+    @property
+    def unknown_item(self) -> int:
+        return self.dims.n_items
+
+    def set_item_features(self, item_cats: np.ndarray, item_multi: np.ndarray, item_text: np.ndarray) -> None:
+        """Copy the FeatureSet item tables into the buffers (the unknown row stays empty)."""
+        n = self.dims.n_items
+        with torch.no_grad():
+            self.item_cats[:n] = torch.tensor(item_cats, dtype=torch.long)
+            self.item_multi[:n] = torch.tensor(item_multi, dtype=self.item_multi.dtype)
+            self.item_text[:n] = torch.tensor(item_text, dtype=self.item_text.dtype)
+
+    def id_rows(self, items: Tensor) -> Tensor:
+        """Row of the id table per item: its own if trained on, else the unknown item's."""
+        return torch.where(self.item_seen[items], items, torch.full_like(items, self.unknown_item))
+
+    def user_features(self, user_cats: Tensor) -> Tensor:
+        """User part of the MLP input [..., Fu·E] (empty without user fields)."""
+        if not self.user_embeddings:
+            return user_cats.new_zeros((*user_cats.shape[:-1], 0), dtype=self.item_text.dtype)
+        return torch.cat([emb(user_cats[..., f]) for f, emb in enumerate(self.user_embeddings)], dim=-1)
+
+    def item_features(self, items: Tensor, id_rows: Tensor) -> Tensor:
+        """Item part of the MLP input [..., S, D_item]."""
+        parts = [self.item_id(id_rows)]
+        cats = self.item_cats[items]
+        parts += [emb(cats[..., f]) for f, emb in enumerate(self.item_embeddings)]
+        if self.genre is not None:
+            multi = self.item_multi[items]
+            parts.append(self.genre(multi) / multi.sum(-1, keepdim=True).clamp(min=1.0))
+        if self.text is not None:
+            parts.append(self.text(self.item_text[items]))
+        return torch.cat(parts, dim=-1)
+
+    def features(self, user_cats: Tensor, items: Tensor, id_rows: Tensor) -> Tensor:
+        """Input of the decision MLP for ``items`` [..., S] of a user with codes ``user_cats`` [..., Fu]."""
+        user = self.user_features(user_cats)
+        user = user.unsqueeze(-2).expand(*items.shape, user.shape[-1])
+        return torch.cat([user, self.item_features(items, id_rows)], dim=-1)
+
+    def decide(self, x: Tensor) -> Tensor:
+        return self.decision(x).squeeze(-1) + self.global_mean
+
+    def forward(self, user_cats: Tensor, items: Tensor, id_rows: Tensor | None = None) -> Tensor:
+        """Predicted ratings [..., S] (unclipped)."""
+        rows = self.id_rows(items) if id_rows is None else id_rows
+        return self.decide(self.features(user_cats, items, rows))
+
+    def adapted_names(self, adapt: str) -> list[str]:
+        """Parameters updated in the inner loop: the decision MLP (MeLU), or everything."""
+        names = [n for n, _ in self.named_parameters()]
+        return names if adapt == "all" else [n for n in names if n.startswith(DECISION_PREFIX)]

@@ -1,0 +1,164 @@
+"""The served model: an MLflow pyfunc that adapts the meta-learner to each request's user, then ranks.
+
+A request carries a (possibly unknown, possibly brand-new) user's few ratings: they become the support
+set, the inner loop runs on them, and the adapted model scores the candidates (the query set). The
+``predict`` type hints are pydantic models, so MLflow derives the signature from them and validates every
+request against it; the rules the schema cannot express (known item ids, rating range, k > 0) are
+checked here and rejected as ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served), naming the field.
+
+The model's ``model_config`` may set ``compression`` (``register.compression``): the scorer then runs the
+candidate pass compressed (see :mod:`pipeline.registry.scorer`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from pydantic import BaseModel
+
+from pipeline.features.categorical import encode_user
+from pipeline.meta.learner import MetaLearner, resolve_device
+from pipeline.registry.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "meta_model"
+VOCAB_ARTIFACT = "vocab"
+COMPRESSION_KEY = "compression"
+DEFAULT_K = 10
+USER_CODES_CACHE = 4096
+"""Distinct attribute sets whose codes are kept: encoding (pandas) costs about half of an adaptation."""
+
+
+class RatedItem(BaseModel):
+    item_id: str
+    rating: float
+
+
+class Request(BaseModel):
+    """One user: ``ratings`` (may be empty) form the support set; ``candidates`` default to unrated items."""
+
+    user_id: str
+    ratings: list[RatedItem]
+    attributes: dict[str, str | int] | None = None
+    candidates: list[str] | None = None
+    k: int | None = None
+    """How many items to return (default ``DEFAULT_K``); optional in the derived signature too."""
+
+
+class Response(BaseModel):
+    """The top ``k`` candidates, best first, with their predicted ratings.
+
+    The output schema; ``predict`` answers plain dicts of this shape, which MLflow accepts for a pydantic
+    hint and which read like the served JSON.
+    """
+
+    items: list[str]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class _Task:
+    user_cats: np.ndarray
+    support_items: np.ndarray
+    support_ratings: np.ndarray
+    query_items: np.ndarray
+    all_items: bool
+    """The candidates are every unrated item: score all items in one pass, then drop the rated ones."""
+    k: int
+
+
+def _invalid(position: int, field: str, rule: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(f"request {position}: {field}: {rule}")
+
+
+class MetaRecModel(PythonModel):
+    """Pyfunc wrapper around :class:`MetaLearner`; holds no state until ``load_context``."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        folder = Path(context.artifacts[MODEL_ARTIFACT])
+        learner = MetaLearner.load(folder, device=resolve_device("auto"))
+        compression = (context.model_config or {}).get(COMPRESSION_KEY, "none")
+        self._scorer = Scorer(learner, compression)
+        self._vocab: dict[str, Any] = json.loads(Path(context.artifacts[VOCAB_ARTIFACT]).read_text())
+        item_ids = [str(i) for i in self._vocab["item_ids"]]
+        self._item_ids = np.asarray(item_ids, dtype=object)
+        self._item_index = {item_id: index for index, item_id in enumerate(item_ids)}
+        self._rating_min = float(self._vocab["rating_min"])
+        self._rating_max = float(self._vocab["rating_max"])
+        self._user_codes = functools.lru_cache(maxsize=USER_CODES_CACHE)(self._encode_user)
+        log.info("loaded meta-learner for %d items (compression: %s)", len(item_ids), compression)
+
+    def predict(  # type: ignore[override]  # MLflow 3 accepts predict without ``context``
+        self, model_input: list[Request], params: dict[str, Any] | None = None
+    ) -> list[Response]:
+        """Check every request (a bad one rejects the batch), then adapt to each and rank its candidates."""
+        tasks = [self._task(position, request) for position, request in enumerate(model_input)]
+        ranked = []
+        for task in tasks:
+            query = None if task.all_items else task.query_items
+            raw = self._scorer.scores(
+                task.user_cats, task.support_items, task.support_ratings, query, clip=False
+            )
+            if task.all_items:
+                raw = raw[task.query_items]
+            ranked.append(self._rank(task, np.asarray(raw, np.float64)))
+        return ranked  # type: ignore[return-value]  # dicts shaped like Response (see there)
+
+    def _task(self, position: int, request: Request) -> _Task:
+        k = DEFAULT_K if request.k is None else request.k
+        if k <= 0:
+            raise _invalid(position, "k", f"must be > 0 (got {k})")
+        support_items = self._indices(position, "ratings", [r.item_id for r in request.ratings], ".item_id")
+        support_ratings = np.asarray([r.rating for r in request.ratings], dtype=np.float32)
+        lo, hi = self._rating_min, self._rating_max
+        outside = np.flatnonzero(~((support_ratings >= lo) & (support_ratings <= hi)))
+        if outside.size:
+            j = int(outside[0])
+            rule = f"must be within [{lo:g}, {hi:g}] (got {request.ratings[j].rating})"
+            raise _invalid(position, f"ratings[{j}].rating", rule)
+        if request.candidates is None:
+            unrated = np.ones(len(self._item_ids), dtype=bool)
+            unrated[support_items] = False
+            query_items = np.flatnonzero(unrated)
+        else:
+            query_items = self._indices(position, "candidates", request.candidates, "")
+        attributes = request.attributes or {}
+        unknown = sorted(set(attributes) - set(self._vocab["user_fields"]))
+        if unknown:
+            known = ", ".join(self._vocab["user_fields"]) or "none"
+            raise _invalid(position, f"attributes.{unknown[0]}", f"unknown user attribute (known: {known})")
+        user_cats = self._user_codes(tuple(sorted(attributes.items())))
+        return _Task(user_cats, support_items, support_ratings, query_items, request.candidates is None, k)
+
+    def _encode_user(self, attributes: tuple[tuple[str, str | int], ...]) -> np.ndarray:
+        return encode_user(dict(attributes), self._vocab)
+
+    def _indices(self, position: int, field: str, item_ids: list[str], suffix: str) -> np.ndarray:
+        """Item ids → indices; an unknown or repeated id is rejected, naming its place in the request."""
+        indices = np.empty(len(item_ids), dtype=np.int64)
+        seen: set[str] = set()
+        for j, item_id in enumerate(item_ids):
+            index = self._item_index.get(item_id)
+            if index is None:
+                raise _invalid(position, f"{field}[{j}]{suffix}", f"unknown item id {item_id!r}")
+            if item_id in seen:
+                raise _invalid(position, f"{field}[{j}]{suffix}", f"item id {item_id!r} appears twice")
+            seen.add(item_id)
+            indices[j] = index
+        return indices
+
+    def _rank(self, task: _Task, raw: np.ndarray) -> dict[str, list[Any]]:
+        """Best first by the unclipped prediction (two items above the top rating still differ); the
+        scores answered are predicted ratings, clipped to the rating range."""
+        top = np.argsort(-raw, kind="stable")[: task.k]
+        scores = np.clip(raw[top], self._rating_min, self._rating_max)
+        return {"items": self._item_ids[task.query_items[top]].tolist(), "scores": scores.tolist()}

@@ -1,0 +1,291 @@
+"""Stage ``register``: log the run to MLflow, register the pyfunc model, and gate the ``champion`` alias.
+
+The new version takes ``champion`` only if, on the same folds as the champion, its cold-start
+(``new_user``) error is lower by more than ``register.min_improvement`` and a paired test gives
+p < ``register.max_p`` (:mod:`pipeline.registry.gate`); otherwise it becomes ``challenger``. Every version
+carries lineage tags (git commit, dataset hash, params hash, fold protocol, metrics per scenario), a
+model card, and the served model's accuracy and latency with and without compression. Aliases only:
+registry stages are deprecated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipeline.features.store import load_feature_set
+from pipeline.io import read_json, write_json
+from pipeline.meta.learner import MetaLearner
+from pipeline.params import Params
+from pipeline.paths import Paths
+from pipeline.registry.card import model_card
+from pipeline.registry.compression import serving_report
+from pipeline.registry.gate import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_SCENARIO,
+    META_MODEL,
+    Evidence,
+    GateDecision,
+    decide,
+    evidence,
+)
+from pipeline.registry.promote import alias_version, promote
+from pipeline.registry.pyfunc import COMPRESSION_KEY, MODEL_ARTIFACT, VOCAB_ARTIFACT
+
+log = logging.getLogger(__name__)
+
+CV_ARTIFACT = "metrics/cv.json"
+MODEL_CARD = "model_card.md"
+FOLD_PROTOCOL_TAG = "fold_protocol"
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic", "safetensors", "tqdm")
+"""What the served model imports (the pyfunc, the meta-learner, the user encoder)."""
+SERVED_MODEL = Path(__file__).with_name("served_model.py")
+PACKAGE = Path(__file__).resolve().parents[1]
+"""The ``pipeline`` package, shipped with the model so that it loads outside this repository."""
+
+
+def tracking_uri(paths: Paths) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db.resolve()}"
+
+
+@contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for the block, then restore the caller's setting.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; left in place, a later call for
+    another root would silently reuse this store.
+    """
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → ``{"section.key": value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def metric_key(name: str) -> str:
+    """``name`` as MLflow accepts it for a metric or tag key: ``ndcg@3`` → ``ndcg_at_3``."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
+
+
+def cv_metrics(cv: dict[str, Any], source: Path) -> dict[str, float]:
+    """``cv.json`` → ``{"<scenario>.<model>.<metric>": mean}`` with MLflow-safe keys (:func:`metric_key`);
+    leaves that are not numbers are skipped."""
+    scenarios = cv.get("scenarios")
+    if not isinstance(scenarios, dict) or not scenarios:
+        raise ValueError(f"{source}: expected a non-empty 'scenarios' mapping")
+    metrics: dict[str, float] = {}
+    for scenario, models in scenarios.items():
+        if not isinstance(models, dict):
+            raise ValueError(f"{source}: scenarios.{scenario}: expected a mapping of models")
+        for model, results in models.items():
+            if not isinstance(results, dict):
+                raise ValueError(f"{source}: scenarios.{scenario}.{model}: expected a mapping of metrics")
+            for metric, value in results.items():
+                mean = value.get("mean") if isinstance(value, dict) else value
+                if isinstance(mean, int | float) and not isinstance(mean, bool):
+                    metrics[metric_key(f"{scenario}.{model}.{metric}")] = float(mean)
+    return metrics
+
+
+def git_commit(root: Path) -> str:
+    """``HEAD`` of the repository holding ``root``; "unknown" outside git or before the first commit."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def dataset_hash(paths: Paths) -> str:
+    """The hash ``dvc.lock`` records for the ingested data (several outs: a digest of all); else "unknown"."""
+    lock = paths.root / "dvc.lock"
+    if not lock.exists():
+        return "unknown"
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{lock}: not valid YAML: {exc}") from None
+    ingested = paths.ingested.relative_to(paths.root).as_posix()
+    hashes = sorted(
+        f"{out['path']}:{out.get(out.get('hash', 'md5'))}"
+        for stage in stages.values()
+        for out in stage.get("outs", [])
+        if out["path"] == ingested or out["path"].startswith(ingested + "/")
+    )
+    if not hashes:
+        return "unknown"
+    if len(hashes) == 1:
+        return hashes[0].partition(":")[2]
+    return hashlib.md5("\n".join(hashes).encode()).hexdigest()
+
+
+def pip_requirements() -> list[str]:
+    """``REQUIREMENTS`` pinned to the versions installed here (local tags such as ``+cpu`` dropped)."""
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def input_example(vocab: dict[str, Any]) -> list[dict[str, Any]]:
+    """A new user with three ratings, asking for the top five of all the other items."""
+    items = [str(i) for i in vocab["item_ids"][:3]]
+    high, low = float(vocab["rating_max"]), float(vocab["rating_min"])
+    ratings = [{"item_id": item, "rating": r} for item, r in zip(items, (high, low, high), strict=False)]
+    return [{"user_id": "new-user", "ratings": ratings, "k": 5}]
+
+
+def pyfunc_spec(paths: Paths, compression: str = "none") -> dict[str, Any]:
+    """What the pyfunc model is made of: its code (no pickle), the model folder and vocab, its environment,
+    and its ``model_config`` (the compression of the candidate pass)."""
+    vocab_path = paths.features / "vocab.json"
+    return {
+        "python_model": str(SERVED_MODEL),
+        "artifacts": {MODEL_ARTIFACT: str(paths.model), VOCAB_ARTIFACT: str(vocab_path)},
+        "code_paths": [str(PACKAGE)],
+        "pip_requirements": pip_requirements(),
+        "input_example": input_example(read_json(vocab_path)),
+        "model_config": {COMPRESSION_KEY: compression},
+    }
+
+
+def _experiment_id(client: MlflowClient, name: str, artifacts: Path) -> str:
+    location = artifacts.resolve().as_uri()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.artifact_location != location:
+        log.warning(
+            "experiment %r keeps its artifacts in %s, not %s", name, experiment.artifact_location, location
+        )
+    return experiment.experiment_id
+
+
+def champion_evidence(client: MlflowClient, uri: str, name: str, metric: str) -> Evidence | None:
+    """The gate's view of the champion's ``cv.json`` (logged with its run); None when it cannot be read."""
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=CV_ARTIFACT, tracking_uri=uri
+        )
+        return evidence(read_json(Path(local)), metric, Path(f"version {champion.version}: {CV_ARTIFACT}"))
+    except (MlflowException, OSError, ValueError) as exc:
+        log.warning("champion version %s: no usable %s (%s)", champion.version, CV_ARTIFACT, exc)
+        return None
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the '{stage}' stage first")
+    return path
+
+
+def _gate(client: MlflowClient, uri: str, params: Params, new: Evidence) -> GateDecision:
+    cfg = params.register
+    champion = alias_version(client, cfg.model_name, CHAMPION)
+    old = champion_evidence(client, uri, cfg.model_name, cfg.gate_metric) if champion is not None else None
+    metric = f"{GATE_SCENARIO}.{META_MODEL}.{cfg.gate_metric}"
+    return decide(new, old, champion, metric, cfg.min_improvement, cfg.max_p)
+
+
+def register(params: Params, paths: Paths) -> dict[str, Any]:
+    """Log params, CV metrics, lineage, model card and serving report; register; gate the aliases."""
+    cfg = params.register
+    _require(paths.model, "train")
+    vocab_path = _require(paths.features / "vocab.json", "features")
+    cv_path = _require(paths.cv_metrics, "evaluate")
+    cv = read_json(cv_path)
+    metrics = cv_metrics(cv, cv_path)
+    new = evidence(cv, cfg.gate_metric, cv_path)
+    gate_key = f"{GATE_SCENARIO}.{META_MODEL}.{cfg.gate_metric}"
+    lineage = {
+        "git_commit": git_commit(paths.root),
+        "dataset_hash": dataset_hash(paths),
+        "params_hash": params.digest(),
+    }
+    learner = MetaLearner.load(paths.model, device="cpu")
+    serving = serving_report(
+        learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users
+    )
+    card = model_card(params, cv, read_json(vocab_path), lineage, new.protocol, serving)
+    tags = {**lineage, FOLD_PROTOCOL_TAG: new.protocol, "compression": cfg.compression}
+
+    uri = tracking_uri(paths)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _tracking(uri):
+        experiment_id = _experiment_id(client, cfg.experiment, paths.mlflow_artifacts)
+        run_name = f"register-{lineage['params_hash'][:8]}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            mlflow.log_params(flatten(params.to_dict()))
+            mlflow.log_metrics({**metrics, **{k: v for k, v in serving.items() if not isinstance(v, str)}})
+            mlflow.set_tags(tags)
+            mlflow.log_artifact(str(cv_path), artifact_path=Path(CV_ARTIFACT).parent.as_posix())
+            mlflow.log_text(card, MODEL_CARD)
+            info = mlflow.pyfunc.log_model(
+                name="model", registered_model_name=cfg.model_name, **pyfunc_spec(paths, cfg.compression)
+            )
+    version = str(info.registered_model_version)
+    meta_metrics = {key: value for key, value in metrics.items() if key.split(".")[1] == META_MODEL}
+    for key, value in {**tags, **meta_metrics}.items():
+        client.set_model_version_tag(cfg.model_name, version, key, str(value))
+
+    decision = _gate(client, uri, params, new)
+    if decision.alias == CHAMPION:
+        promote(client, cfg.model_name, int(version), f"gate: {decision.reason}")
+    else:
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    client.set_model_version_tag(cfg.model_name, version, "gate", f"{decision.alias}: {decision.reason}")
+    client.update_model_version(
+        cfg.model_name, version, description=f"{gate_key} {new.mean:.4f}; {decision.reason}"
+    )
+    log.info("%s version %s is %s: %s", cfg.model_name, version, decision.alias, decision.reason)
+
+    registration = {
+        "name": cfg.model_name,
+        "version": int(version),
+        "alias": decision.alias,
+        "run_id": run.info.run_id,
+        "model_uri": f"models:/{cfg.model_name}/{version}",
+        "previous_champion": decision.champion_version,
+        "gate": decision.to_dict(),
+        "serving": serving,
+        "fold_protocol": new.protocol,
+        "tracking_uri": uri,
+        **lineage,
+    }
+    write_json(registration, paths.registration)
+    return registration

@@ -1,0 +1,183 @@
+"""The serving scorer: adapt the decision MLP to one user's support set, then score the candidates.
+
+It computes what :meth:`MetaLearner.adapt_predict` computes (a test holds the two to 1e-5), organised
+for one request at a time. When only the decision MLP adapts (``train.adapt: decision``, MeLU's choice),
+the item side of the MLP input does not depend on the user, so it is computed once at load; a request
+then costs the inner loop on its few support rows and one pass of the MLP over the candidates, whose
+first layer is split into a user part (one vector) and an item part (one matrix product).
+
+Compression applies to that candidate pass, the bulk of the work: ``int8`` runs each adapted linear
+layer through torch's dynamic quantisation kernels (weights int8 per output channel, activations
+quantised on the fly); the inner loop always runs in float, since it needs gradients. With
+``train.adapt: all`` the embeddings adapt too: nothing can be cached or compressed, and the scorer
+delegates to ``adapt_predict``, one request at a time.
+
+Requests may arrive on several threads at once (the MLflow server runs ``predict`` in a thread pool):
+fast weights live in local variables only.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.meta.learner import MetaLearner
+from pipeline.meta.maml import lr_key
+from pipeline.meta.model import DECISION_PREFIX
+
+Compression = Literal["none", "int8"]
+COMPRESSIONS: tuple[str, ...] = ("none", "int8")
+
+Layer = Callable[[Tensor], Tensor]
+Layers = list[tuple[Tensor, Tensor]]
+"""(weight, bias) of each linear layer of the decision MLP."""
+
+
+def _int8_linear(weight: Tensor, bias: Tensor, relu: bool) -> Layer:
+    """A dynamically quantised linear layer (per-channel symmetric int8 weights), as ``quantize_dynamic``
+    with ``per_channel_dynamic_qconfig`` builds it, from an adapted float weight."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch marks its quantised tensors deprecated; 2.x still ships them
+        scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        zeros = torch.zeros_like(scales, dtype=torch.long)
+        qweight = torch.quantize_per_channel(weight.contiguous(), scales, zeros, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(qweight, bias.contiguous())
+    op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
+    return lambda x: op(x, packed, True)
+
+
+class Scorer:
+    """Scores one user's candidates after adapting to the user's ratings; ``compression`` as in
+    ``register.compression``."""
+
+    def __init__(self, learner: MetaLearner, compression: Compression = "none") -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        self.learner = learner
+        self.compression = compression
+        self.cached = learner.config.adapt == "decision"
+        self._lock = threading.Lock()
+        if compression != "none" and not self.cached:
+            raise ValueError(
+                f"compression {compression!r} needs train.adapt=decision (with 'all' the embeddings adapt "
+                "per user, so the candidate pass cannot be precomputed or compressed)"
+            )
+        if not self.cached:
+            return
+        model = learner.model
+        modules = list(model.decision)
+        if not all(isinstance(m, nn.Linear | nn.ReLU) for m in modules):
+            raise ValueError("the decision MLP must be made of Linear and ReLU layers")
+        linear = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
+        params = {k: v.detach() for k, v in model.decision.named_parameters()}
+
+        def rate(name: str) -> Tensor | float:
+            if learner.inner_lrs is None:
+                return learner.config.inner_lr
+            return learner.inner_lrs[lr_key(DECISION_PREFIX + name)].detach()
+
+        self._model = model
+        self._n_user = sum(e.embedding_dim for e in model.user_embeddings)
+        self._relu = [i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU) for i in linear]
+        self._base: Layers = [(params[f"{i}.weight"], params[f"{i}.bias"]) for i in linear]
+        self._rates = [(rate(f"{i}.weight"), rate(f"{i}.bias")) for i in linear]
+        with torch.no_grad():
+            items = torch.arange(model.dims.n_items, device=learner.device)
+            no_user = torch.zeros((1, len(model.dims.user_cards)), dtype=torch.long, device=learner.device)
+            features = model.features(no_user, items[None], model.id_rows(items)[None])[0]
+            self._items = features[:, self._n_user :].contiguous()
+
+    def scores(
+        self,
+        user_cats: np.ndarray,
+        support_items: np.ndarray,
+        support_ratings: np.ndarray,
+        query_items: np.ndarray | None,
+        clip: bool = True,
+    ) -> np.ndarray:
+        """Predicted ratings of ``query_items``, or of every item when None; clipped to the rating range
+        unless ``clip`` is False (ranking then still tells apart items predicted above the top rating).
+
+        ``user_cats`` [Fu] are the user's attribute codes, item indices are FeatureSet rows.
+        """
+        if not self.cached:
+            query = np.arange(self.learner.model.dims.n_items) if query_items is None else query_items
+            with self._lock:  # adapt_predict swaps fast weights into the shared model
+                [out] = self.learner.adapt_predict(
+                    user_cats[None], [support_items], [support_ratings], [query]
+                )
+            return out
+        dims = self._model.dims
+        with torch.no_grad():
+            user = self._user_vector(torch.as_tensor(user_cats, device=self.learner.device))
+            layers = self._adapt(user, support_items, support_ratings)
+            items = self._items if query_items is None else self._items[torch.as_tensor(query_items)]
+            pred = self._forward(layers, user, items, self.compression == "int8") + self._model.global_mean
+            pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
+            return pred.float().cpu().numpy()
+
+    def _user_vector(self, user_cats: Tensor) -> Tensor:
+        parts = [emb(user_cats[f]) for f, emb in enumerate(self._model.user_embeddings)]
+        return torch.cat(parts) if parts else self._items.new_zeros(0)
+
+    def _adapt(self, user: Tensor, support_items: np.ndarray, ratings: np.ndarray) -> Layers:
+        """``inner_steps`` SGD steps of the support MSE over the decision MLP (none without support).
+
+        The gradient of this small ReLU MLP is written out (backpropagation by hand): on a few support
+        rows autograd's bookkeeping would cost more than the arithmetic.
+        """
+        layers = list(self._base)
+        if not len(support_items):
+            return layers
+        items = self._items[torch.as_tensor(support_items, device=self.learner.device)]
+        y = torch.as_tensor(ratings, dtype=items.dtype, device=items.device)
+        for _ in range(self.learner.config.inner_steps):
+            trace: list[Tensor] = []
+            pred = self._forward(layers, user, items, compressed=False, trace=trace)
+            grad = (2.0 / y.numel()) * (pred + self._model.global_mean - y)[:, None]  # d mean-square / d out
+            grads: Layers = []
+            for n in reversed(range(len(layers))):
+                if self._relu[n]:
+                    grad = grad * (trace[n + 1] > 0)
+                weight_grad, bias_grad = grad.T @ trace[n], grad.sum(0)
+                if n == 0:
+                    weight_grad = torch.cat([torch.outer(bias_grad, user), weight_grad], dim=1)
+                else:
+                    grad = grad @ layers[n][0]
+                grads.insert(0, (weight_grad, bias_grad))
+            layers = [
+                (w - rw * gw, b - rb * gb)
+                for (w, b), (rw, rb), (gw, gb) in zip(layers, self._rates, grads, strict=True)
+            ]
+        return layers
+
+    def _forward(
+        self, layers: Layers, user: Tensor, items: Tensor, compressed: bool, trace: list[Tensor] | None = None
+    ) -> Tensor:
+        """The decision MLP with weights ``layers`` over ``items`` [N, D_item] (without the rating offset).
+
+        The first layer's user columns fold into its bias. The weights are passed, never swapped into the
+        shared module (as ``functional_call`` does), so concurrent requests cannot see each other's.
+        ``trace`` collects each layer's input and the last output, for the backward pass.
+        """
+        h = items
+        for n, ((weight, bias), relu) in enumerate(zip(layers, self._relu, strict=True)):
+            if n == 0:
+                bias = bias + weight[:, : self._n_user] @ user
+                weight = weight[:, self._n_user :]
+            if trace is not None:
+                trace.append(h)
+            if compressed:
+                h = _int8_linear(weight, bias, relu)(h)
+            else:
+                h = torch.nn.functional.linear(h, weight, bias)
+                h = torch.relu(h) if relu else h
+        if trace is not None:
+            trace.append(h)
+        return h.squeeze(-1)

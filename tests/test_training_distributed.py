@@ -1,0 +1,174 @@
+"""The train stage: torchrun with gloo equals single-process training; checkpoints resume a killed run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.features.store import save_feature_set
+from pipeline.meta.learner import MetaLearner
+from pipeline.training import checkpoint
+from pipeline.training.launch import TrainingFailed, train_distributed
+from pipeline.training.train import CRASH_STEP_ENV, fingerprint, run
+from tests.meta_fixtures import synthetic_feature_set
+
+# 30 users / meta-batch 8 → 4 meta-steps per epoch (the last one has 6 tasks), 12 in all.
+CONFIG = {
+    "embedding_dim": 8,
+    "hidden": [16, 8],
+    "inner_steps": 2,
+    "inner_lr": 0.1,
+    "outer_lr": 5e-3,
+    "meta_batch": 8,
+    "epochs": 3,
+    "min_support": 2,
+    "max_support": 8,
+    "query_size": 3,
+    "device": "cpu",
+    "checkpoint_every": 3,
+    "algorithm": "maml",
+}
+SEED = 11
+
+
+@pytest.fixture(scope="module")
+def fs():
+    return synthetic_feature_set(n_users=30, n_items=25, seed=5)
+
+
+@pytest.fixture(scope="module")
+def fs_dir(fs, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("features")
+    save_feature_set(fs, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(fs) -> MetaLearner:
+    """Uninterrupted single-process training: the model every other run must reproduce."""
+    learner = MetaLearner.create(CONFIG, fs, seed=SEED)
+    learner.history = learner.fit(fs, progress=False)
+    return learner
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), (
+            f"{k}: {(a[k] - b[k]).abs().max()}"
+        )
+
+
+def test_in_process_run_resumes_past_a_corrupted_checkpoint(fs, fs_dir, reference, tmp_path, caplog) -> None:
+    ckpts, out = tmp_path / "ckpt", tmp_path / "model"
+    history = run(fs_dir, CONFIG, out, ckpts, SEED)
+    assert history == reference.history
+    assert_same_weights(MetaLearner.load(out).tensors(), reference.tensors(), atol=0)
+    assert [c.name for c in sorted(ckpts.iterdir())] == ["step-00000006", "step-00000009", "step-00000012"]
+    saved = json.loads((out / "history.json").read_text())
+    assert saved == history and len(saved) == 3
+
+    newest = ckpts / "step-00000012" / "weights.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-5] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    assert checkpoint.verify(newest.parent) == "sha256 mismatch for weights.safetensors"
+    shutil.rmtree(out)
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.checkpoint"):
+        again = run(fs_dir, CONFIG, out, ckpts, SEED)
+    assert "step-00000012 skipped: sha256 mismatch" in caplog.text
+    assert again == history
+    assert_same_weights(MetaLearner.load(out).tensors(), reference.tensors(), atol=0)
+
+
+def test_checkpoints_of_another_run_are_not_resumed(fs, tmp_path, caplog) -> None:
+    learner = MetaLearner.create(CONFIG, fs, seed=SEED)
+    learner.sampler(fs)
+    state = learner.train(learner.sampler(fs), checkpoint.TrainState(), progress=False)
+    checkpoint.save_checkpoint(tmp_path, learner, state, fingerprint(learner.config, fs, SEED))
+    other = fingerprint(learner.config, fs, SEED + 1)
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.load_latest(tmp_path, other, torch.device("cpu")) is None
+    assert "other data, config or seed" in caplog.text
+    found = checkpoint.load_latest(tmp_path, fingerprint(learner.config, fs, SEED), torch.device("cpu"))
+    assert found is not None and found.state.step == state.step and found.state.history == state.history
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(fs_dir, reference, tmp_path) -> None:
+    result = train_distributed(fs_dir, CONFIG, tmp_path / "model", nproc=2, seed=SEED)
+    trained = MetaLearner.load(tmp_path / "model")
+    assert_same_weights(trained.tensors(), reference.tensors(), atol=1e-6)
+    assert result["restarts"] == 0
+    assert np.allclose(
+        [h["train_loss"] for h in result["history"]], [h["train_loss"] for h in reference.history], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint_and_ends_identical(
+    fs_dir, reference, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv(CRASH_STEP_ENV, "8")  # rank 1 dies after meta-step 8; the newest checkpoint is step 6
+    result = train_distributed(
+        fs_dir, CONFIG, tmp_path / "model", nproc=2, seed=SEED, checkpoints=tmp_path / "ckpt", max_restarts=1
+    )
+    assert result["restarts"] == 1
+    trained = MetaLearner.load(tmp_path / "model")
+    assert_same_weights(trained.tensors(), reference.tensors(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_failed_worker_log_tail_is_in_the_error(tmp_path) -> None:
+    missing = tmp_path / "no-features"
+    with pytest.raises(TrainingFailed) as info:
+        train_distributed(missing, CONFIG, tmp_path / "model", nproc=2)
+    message = str(info.value)
+    assert "failing worker" in message and "no-features" in message and "Traceback" in message
+    assert not (tmp_path / "model").exists()
+
+
+def test_in_process_run_equals_fit(fs_dir, reference, tmp_path) -> None:
+    assert run(fs_dir, CONFIG, tmp_path / "model", None, SEED) == reference.history
+
+
+@pytest.mark.slow
+def test_train_stage_writes_model_metrics_and_curve(fs, tmp_path) -> None:
+    from pipeline.params import load_params
+    from pipeline.paths import Paths
+    from pipeline.training.stage import train_stage
+
+    paths = Paths(tmp_path)
+    save_feature_set(fs, paths.features)
+    overrides = [f"train.{k}={json.dumps(v)}" for k, v in CONFIG.items()] + ["train.nproc=1", f"seed={SEED}"]
+    summary = train_stage(load_params(None, overrides), paths)
+    assert summary["epochs"] == CONFIG["epochs"] and summary["nproc"] == 1 and summary["restarts"] == 0
+    assert json.loads(paths.train_metrics.read_text())["query_mae"] == summary["query_mae"]
+    curve = json.loads(paths.train_curve.read_text())
+    assert [row["epoch"] for row in curve] == [0, 1, 2]
+    assert sorted(p.name for p in paths.model.iterdir()) == [
+        "config.json",
+        "history.json",
+        "weights.safetensors",
+    ]
+    assert MetaLearner.load(paths.model).config.epochs == CONFIG["epochs"]
+    assert sorted(p.name for p in paths.checkpoints.iterdir())[-1] == "step-00000012"
+
+
+def test_leftovers_of_a_killed_checkpoint_writer_are_removed(fs, tmp_path) -> None:
+    learner = MetaLearner.create(CONFIG, fs, seed=SEED)
+    state = checkpoint.TrainState(step=3)
+    leftover = tmp_path / ".step-00000006.abc.tmp"
+    leftover.mkdir()
+    (leftover / "weights.safetensors").write_bytes(b"half")
+    for step in (3, 6, 9, 12):
+        state.step = step
+        checkpoint.save_checkpoint(tmp_path, learner, state, "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000006", "step-00000009", "step-00000012"]
+    assert checkpoint.verify(tmp_path / "step-00000012") is None
