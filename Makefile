@@ -47,7 +47,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check pipeline flows tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy pipeline flows

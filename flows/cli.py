@@ -40,8 +40,13 @@ def _configure_logging(debug: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _execute(name: str, params_file: Path, overrides: list[str] | None, debug: bool,
-             body: Callable[[Params, Paths], Any]) -> Any:
+def _execute(
+    name: str,
+    params_file: Path,
+    overrides: list[str] | None,
+    debug: bool,
+    body: Callable[[Params, Paths], Any],
+) -> Any:
     """Load params, run ``body``; turn any failure into one readable line and exit code 1 (2: bad params)."""
     _configure_logging(debug)
     try:
@@ -127,8 +132,10 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: Deb
 
     result = _execute("run", params, set_, debug, body)
     typer.echo(result["table"])
-    typer.echo(f"registered {result['registration']['name']} version {result['registration']['version']}"
-               f" as {result['registration']['alias']}")
+    typer.echo(
+        f"registered {result['registration']['name']} version {result['registration']['version']}"
+        f" as {result['registration']['alias']}"
+    )
 
 
 @app.command()
@@ -181,8 +188,10 @@ def feedback_add(
 
     result = _execute("feedback add", params, set_, debug, body)
     state = "stored as" if result["added"] else "already stored as"
-    typer.echo(f"{result['rows']} ratings {state} feedback/{result['batch']}; "
-               f"{result['pending']} new since the last retraining (retrain after {result['retrain_after']})")
+    typer.echo(
+        f"{result['rows']} ratings {state} feedback/{result['batch']}; "
+        f"{result['pending']} new since the last retraining (retrain after {result['retrain_after']})"
+    )
     if result["retrained"]:
         reg = result["registration"]
         typer.echo(f"retrained: registered {reg['name']} version {reg['version']} as {reg['alias']}")
