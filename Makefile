@@ -16,7 +16,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.dvc/tmp/site
 
-.PHONY: setup run test test-fast lint typecheck bench clean
+.PHONY: setup run test test-fast test-integration lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+test-integration: setup
+	$(BIN)/python -m pytest -q -m integration
 
 lint: setup
 	$(BIN)/ruff check .

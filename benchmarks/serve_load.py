@@ -1,14 +1,15 @@
 """Serving latency under load: the real ``mlflow models serve`` on 127.0.0.1, concurrent new users.
 
     python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
-    python benchmarks/serve_load.py --model-uri models:/metarec/3 --duration 30 --clients 8 --workers 2
+    python benchmarks/serve_load.py --model-uri models:/metarec/3 --duration 30 --workers 2 --threads 1
 
 Starts the server for ``--model-uri`` (tracking store: ``MLFLOW_TRACKING_URI``, else the project's
 ``mlruns.db``), waits for ``/ping``, then ``--clients`` closed-loop clients (one keep-alive connection
 each) send requests for ``--duration`` seconds: each a brand-new user with ``--ratings`` random ratings
 of distinct known items, asking for the top 10 of every other item (the default candidates). Reports
-p50/p90/p99 latency, requests per second and counts per status class (plus connection errors).
-The server's workers run torch with ``--threads`` intra-op threads each.
+p50/p90/p99 latency, requests per second and counts per status class (plus connection errors); exits 1
+on any 5xx or connection error. By default the server is exactly the README's ``mlflow models serve``
+(one worker, torch's default threads). The clients run on the same machine as the server.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def payloads(vocab: dict[str, Any], n: int, n_ratings: int, seed: int) -> list[b
 
 
 def start_server(
-    model_uri: str, uri: str, port: int, workers: int, threads: int, log: Path
+    model_uri: str, uri: str, port: int, workers: int, threads: int | None, log: Path
 ) -> subprocess.Popen:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # mlflow execs uvicorn
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
     cmd += ["-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
     with log.open("w") as out:
@@ -166,8 +169,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--ratings", type=int, default=10, help="ratings per new user")
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes (mlflow's default)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: torch's, one per core)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
@@ -192,7 +197,7 @@ def main() -> None:
         "clients": args.clients,
         "ratings_per_user": args.ratings,
         "workers": args.workers,
-        "torch_threads": args.threads,
+        "torch_threads": args.threads or "default",
         "duration_s": args.duration,
         "server_ready_s": ready_s,
         "cpus": os.cpu_count(),

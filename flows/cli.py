@@ -195,3 +195,22 @@ def feedback_add(
     if result["retrained"]:
         reg = result["registration"]
         typer.echo(f"retrained: registered {reg['name']} version {reg['version']} as {reg['alias']}")
+
+
+@app.command("serve-flows")
+def serve_flows_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+    cron: Annotated[str, typer.Option("--cron", help="nightly schedule (cron, UTC)")] = "0 3 * * *",
+) -> None:
+    """Serve the nightly retraining from this machine (needs PREFECT_API_URL); Ctrl-C stops."""
+    from flows.deployments import serve_flows
+
+    _execute(
+        "serve-flows",
+        params,
+        set_,
+        debug,
+        lambda p, paths: serve_flows(paths.root, str(params), list(set_ or []), cron),
+    )

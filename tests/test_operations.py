@@ -286,6 +286,9 @@ def test_training_image_is_cuda_based_and_installs_the_project() -> None:
     assert re.search(r"^WORKDIR /opt/metarec$", text, re.M)
     assert "METAREC_PROJECT_DIR=/opt/metarec" in text
     assert '"/opt/metarec/infra/docker-entrypoint.sh"' in text
+    # Flow runs write data/, models/, reports/ into the working copy: its owner is the user they run as.
+    [user] = re.findall(r"^USER (\S+)$", text, re.M)
+    assert f"chown {user}:{user} /opt/metarec" in text and f"COPY --chown={user}:{user} . ." in text
     for copied in re.findall(r"^COPY (?:--chown=\S+ )?(\S+) \S+$", text, re.M):
         assert (REPO / copied).exists(), copied
     ignored = {

@@ -9,6 +9,10 @@ when both files hold per-user values of the gate metric (``per_user.<scenario>.<
 mapping user id → value; the users present in both are paired), else **folds**
 (``per_fold.<scenario>.<model>.<metric>``, one value per fold). Per-user pairs are many, so the test
 has power; per-fold pairs are few (``eval.folds``), so only a consistent gain passes.
+
+The data is not part of the protocol: after new ratings arrive (feedback), the same seed partitions a
+different set of users, fold f no longer holds the same users in both files, and the per-fold test is
+only approximately paired; per-user values keep the pairing exact for the users both evaluations share.
 """
 
 from __future__ import annotations

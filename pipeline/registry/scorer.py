@@ -3,7 +3,8 @@
 It computes what :meth:`MetaLearner.adapt_predict` computes (a test holds the two to 1e-5), organised
 for one request at a time. When only the decision MLP adapts (``train.adapt: decision``, MeLU's choice),
 the item side of the MLP input does not depend on the user, so it is computed once at load; a request
-then costs the inner loop on its few support rows and one pass of the MLP over the candidates, whose
+then costs the inner loop on its few support rows (gradients written out by hand: autograd's
+bookkeeping would cost more than the arithmetic) and one pass of the MLP over the candidates, whose
 first layer is split into a user part (one vector) and an item part (one matrix product).
 
 Compression applies to that candidate pass, the bulk of the work: ``int8`` runs each adapted linear
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -34,14 +34,13 @@ from pipeline.meta.model import DECISION_PREFIX
 Compression = Literal["none", "int8"]
 COMPRESSIONS: tuple[str, ...] = ("none", "int8")
 
-Layer = Callable[[Tensor], Tensor]
 Layers = list[tuple[Tensor, Tensor]]
 """(weight, bias) of each linear layer of the decision MLP."""
 
 
-def _int8_linear(weight: Tensor, bias: Tensor, relu: bool) -> Layer:
-    """A dynamically quantised linear layer (per-channel symmetric int8 weights), as ``quantize_dynamic``
-    with ``per_channel_dynamic_qconfig`` builds it, from an adapted float weight."""
+def _int8_linear(x: Tensor, weight: Tensor, bias: Tensor, relu: bool) -> Tensor:
+    """``x`` through a dynamically quantised linear layer (per-channel symmetric int8 weights, as
+    ``quantize_dynamic`` with ``per_channel_dynamic_qconfig`` builds it) made from an adapted weight."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch marks its quantised tensors deprecated; 2.x still ships them
         scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
@@ -49,7 +48,7 @@ def _int8_linear(weight: Tensor, bias: Tensor, relu: bool) -> Layer:
         qweight = torch.quantize_per_channel(weight.contiguous(), scales, zeros, 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qweight, bias.contiguous())
     op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
-    return lambda x: op(x, packed, True)
+    return op(x, packed, True)  # reduce_range, as fbgemm's dynamic linear layers run
 
 
 class Scorer:
@@ -102,7 +101,8 @@ class Scorer:
         clip: bool = True,
     ) -> np.ndarray:
         """Predicted ratings of ``query_items``, or of every item when None; clipped to the rating range
-        unless ``clip`` is False (ranking then still tells apart items predicted above the top rating).
+        unless ``clip`` is False (ranking then still tells apart items predicted above the top rating;
+        ``adapt_predict``, behind ``train.adapt: all``, always clips).
 
         ``user_cats`` [Fu] are the user's attribute codes, item indices are FeatureSet rows.
         """
@@ -117,7 +117,12 @@ class Scorer:
         with torch.no_grad():
             user = self._user_vector(torch.as_tensor(user_cats, device=self.learner.device))
             layers = self._adapt(user, support_items, support_ratings)
-            items = self._items if query_items is None else self._items[torch.as_tensor(query_items)]
+            device = self.learner.device
+            items = (
+                self._items
+                if query_items is None
+                else self._items[torch.as_tensor(query_items, device=device)]
+            )
             pred = self._forward(layers, user, items, self.compression == "int8") + self._model.global_mean
             pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
             return pred.float().cpu().numpy()
@@ -174,7 +179,7 @@ class Scorer:
             if trace is not None:
                 trace.append(h)
             if compressed:
-                h = _int8_linear(weight, bias, relu)(h)
+                h = _int8_linear(h, weight, bias, relu)
             else:
                 h = torch.nn.functional.linear(h, weight, bias)
                 h = torch.relu(h) if relu else h
