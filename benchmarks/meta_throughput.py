@@ -144,10 +144,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer meta-batch sizes, shorter timing")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA only)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "META_BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     min_seconds, max_steps = (1.0, 50) if args.quick else (3.0, 200)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         result = measure(
             args.worker[0], int(args.worker[1]), args.device, min_seconds, max_steps, args.worker_bf16
@@ -168,6 +171,7 @@ def main() -> None:
             "--worker",
             impl,
             str(mb),
+            *(["--threads", str(args.threads)] if args.threads else []),
             *(["--quick"] if args.quick else []),
             *(["--worker-bf16"] if bf16 else []),
         ]
