@@ -127,8 +127,7 @@ def measure(
     }
 
 
-def plan(device: str, quick: bool, bf16: bool) -> list[tuple[str, int, bool]]:
-    batches = [32, 256] if quick else [32, 256, 2048]
+def plan(device: str, batches: list[int], quick: bool, bf16: bool) -> list[tuple[str, int, bool]]:
     impls = ["loop", "vmap"] + (["graph"] if device == "cuda" else [])
     runs = [
         (impl, mb, False) for mb in batches for impl in impls if not (impl == "loop" and quick and mb > 32)
@@ -145,12 +144,20 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA only)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--meta-batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="meta-batch sizes (default: 32 256 2048; --quick: 32 256)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "META_BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     min_seconds, max_steps = (1.0, 50) if args.quick else (3.0, 200)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.meta_batches = args.meta_batches or ([32, 256] if args.quick else [32, 256, 2048])
     if args.worker:
         result = measure(
             args.worker[0], int(args.worker[1]), args.device, min_seconds, max_steps, args.worker_bf16
@@ -159,8 +166,33 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     results: list[dict[str, Any]] = []
-    for impl, mb, bf16 in plan(args.device, args.quick, args.bf16):
+
+    def save() -> None:  # after every measurement, so an interrupted run keeps what it measured
+        write_json(
+            {
+                "device": device_name,
+                "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "results": results,
+            },
+            args.json,
+        )
+
+    if args.device == "cpu":
+        results += [
+            {
+                "impl": "graph",
+                "meta_batch": mb,
+                "tasks_per_s": None,
+                "peak_mem_mb": None,
+                "skipped": "CUDA graphs need a CUDA device",
+            }
+            for mb in args.meta_batches
+        ]
+    for impl, mb, bf16 in plan(args.device, args.meta_batches, args.quick, args.bf16):
         cmd = [
             sys.executable,
             __file__,
@@ -192,28 +224,7 @@ def main() -> None:
             result = json.loads(lines[-1][len("RESULT ") :])
         print(json.dumps(result), flush=True)
         results.append(result)
-    if args.device == "cpu":
-        results += [
-            {
-                "impl": "graph",
-                "meta_batch": mb,
-                "tasks_per_s": None,
-                "peak_mem_mb": None,
-                "skipped": "CUDA graphs need a CUDA device",
-            }
-            for mb in ([32, 256] if args.quick else [32, 256, 2048])
-        ]
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    write_json(
-        {
-            "device": device_name,
-            "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "results": results,
-        },
-        args.json,
-    )
+        save()
 
 
 if __name__ == "__main__":
