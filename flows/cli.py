@@ -160,7 +160,9 @@ def promote(
         uri = tracking_uri(paths)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         name = p.register.model_name
-        return run_rollback(client, name) if rollback else run_promote(client, name, version, "manual")
+        if version is None:
+            return run_rollback(client, name)
+        return run_promote(client, name, version, "manual")
 
     moved = _execute("promote", params, set_, debug, body)
     unchanged = "" if moved.moved else ", unchanged"

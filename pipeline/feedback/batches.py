@@ -59,7 +59,7 @@ def _csv_table(path: Path, text: str) -> Table:
         raise DataError(
             path,
             header_line,
-            (missing or extra or [None])[0],
+            next(iter(missing or extra), None),
             f"header must name the columns {', '.join(COLUMNS)} once each, comma-separated (got {header!r})",
         )
     if len(lines) == 1:

@@ -277,9 +277,9 @@ class MetaLearner:
                 )
                 with self.objective.autocast(self.device):
                     preds = self.objective.adapt_and_predict(batch)
-                preds = preds.float().clamp(dims.rating_min, dims.rating_max).cpu().numpy()
+                scores = preds.float().clamp(dims.rating_min, dims.rating_max).cpu().numpy()
                 for row, i in enumerate(chunk):
-                    out[i] = preds[row, : len(query_items[i])].copy()
+                    out[i] = scores[row, : len(query_items[i])].copy()
         return out
 
     def _check_inputs(

@@ -83,7 +83,7 @@ class MetaObjective:
 
     def meta_parameters(self) -> Params:
         """Everything the outer loop learns: model parameters, then Meta-SGD's ``lr.*`` tensors."""
-        out = dict(self.model.named_parameters())
+        out: Params = dict(self.model.named_parameters())
         if self.inner_lrs is not None:
             out.update({f"lr.{k}": v for k, v in self.inner_lrs.items()})
         return out
@@ -106,7 +106,7 @@ class MetaObjective:
 
     def loop(self, batch: TaskBatch, n_global: int) -> StepOutput:
         """Per-task Python loop over the un-padded tasks of ``batch``; full forward at every step."""
-        params = dict(self.model.named_parameters())
+        params: Params = dict(self.model.named_parameters())
         identity = {n: n for n in self.adapted}
         losses, maes = [], []
         n_support = batch.support_mask.sum(1).long().tolist()
@@ -146,7 +146,7 @@ class MetaObjective:
         return self._vmapped(batch, with_loss=False)[1]
 
     def _vmapped(self, batch: TaskBatch, with_loss: bool) -> tuple[Tensor, Tensor]:
-        params = dict(self.model.named_parameters())
+        params: Params = dict(self.model.named_parameters())
         if self.adapt == "decision":
             names = {n[len(DECISION_PREFIX) :]: n for n in self.adapted}
             fast0 = {k: params[n] for k, n in names.items()}

@@ -42,6 +42,12 @@ class ModelDims:
 class MeLU(nn.Module):
     """Rating = global mean + MLP([user field embeddings, item id, item fields, genres, text projection])."""
 
+    item_cats: Tensor
+    item_multi: Tensor
+    item_text: Tensor
+    item_seen: Tensor
+    global_mean: Tensor
+
     def __init__(self, dims: ModelDims, embedding_dim: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
         self.dims = dims

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class Scorer:
             return learner.inner_lrs[lr_key(DECISION_PREFIX + name)].detach()
 
         self._model = model
-        self._n_user = sum(e.embedding_dim for e in model.user_embeddings)
+        self._n_user = sum(cast(nn.Embedding, e).embedding_dim for e in model.user_embeddings)
         self._relu = [i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU) for i in linear]
         self._base: Layers = [(params[f"{i}.weight"], params[f"{i}.bias"]) for i in linear]
         self._rates = [(rate(f"{i}.weight"), rate(f"{i}.bias")) for i in linear]

@@ -47,11 +47,19 @@ def setup(env: DistEnv, device_name: str, timeout_s: float = 600.0) -> torch.dev
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=timeout_s)
-        kwargs: dict[str, object] = {"device_id": device} if device.type == "cuda" else {}
+        device_id = device if device.type == "cuda" else None
         store = _attempt_store(timeout)
-        if store is not None:
-            kwargs.update(store=store, rank=env.rank, world_size=env.world_size)
-        dist.init_process_group(backend, timeout=timeout, **kwargs)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout, device_id=device_id)
+        else:
+            dist.init_process_group(
+                backend,
+                timeout=timeout,
+                device_id=device_id,
+                store=store,
+                rank=env.rank,
+                world_size=env.world_size,
+            )
     return device
 
 
