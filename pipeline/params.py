@@ -77,7 +77,7 @@ class FeaturesParams(_Section):
 
 
 class TrainParams(_Section):
-    algorithm: Literal["maml", "fomaml", "metasgd"] = "maml"
+    algorithm: Literal["maml", "fomaml", "metasgd", "joint"] = "maml"
     adapt: Literal["decision", "all"] = "decision"
     embedding_dim: PositiveInt = 32
     hidden: tuple[PositiveInt, ...] = (128, 64)
@@ -103,6 +103,8 @@ class TrainParams(_Section):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     # torchrun restarts the worker group up to this many times, resuming from the newest checkpoint
     max_restarts: Annotated[int, Field(ge=0)] = 1
+    # feed the language-model text embedding of items to the model (false: the meta_no_text ablation)
+    use_text: bool = True
 
     @model_validator(mode="after")
     def _support_range(self) -> TrainParams:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +49,8 @@ def test_train_config_mirrors_train_params() -> None:
     """The plain dataclass the GPU image uses must accept exactly TrainParams' fields, with its defaults."""
     params = TrainParams().model_dump()
     config = TrainConfig.from_dict(params).to_dict()
-    assert {f.name for f in fields(TrainConfig)} == set(params)
-    assert config == {**params, "hidden": list(params["hidden"])}
+    assert {f.name for f in fields(TrainConfig)} - {"objective"} == set(params)  # objective: task kind
+    assert config == {**params, "hidden": list(params["hidden"]), "objective": "regression"}
     assert TrainConfig().to_dict() == config
 
 
@@ -247,3 +247,45 @@ def test_save_load_round_trip_gives_identical_predictions(fitted, fs, tmp_path) 
     fitted.save(folder)  # replacing an existing model works
     with pytest.raises(FileNotFoundError, match=r"weights\.safetensors"):
         MetaLearner.load(tmp_path / "nowhere")
+
+
+def test_without_text_the_model_ignores_item_text(fs) -> None:
+    """``use_text=False`` (the meta_no_text ablation): no text input at all, so other text changes nothing."""
+    other = replace(fs, item_text=np.random.default_rng(9).normal(size=fs.item_text.shape).astype(np.float32))
+    preds = []
+    for feature_set in (fs, other):
+        learner = MetaLearner.create({**SMALL, "epochs": 1, "use_text": False}, feature_set, seed=1)
+        learner.fit(feature_set, progress=False)
+        assert learner.model.text is None and learner.model.dims.text_dim == 0
+        preds.append(
+            learner.adapt_predict(
+                fs.user_cats[:2], [np.array([1])] * 2, [np.array([4.0])] * 2, [np.arange(5)] * 2
+            )
+        )
+    for a, b in zip(*preds, strict=True):
+        assert np.array_equal(a, b)
+    with_text = MetaLearner.create({**SMALL, "epochs": 1}, other, seed=1)
+    with_text.fit(other, progress=False)
+    assert with_text.model.text is not None
+    assert not np.allclose(
+        with_text.adapt_predict(fs.user_cats[:1], [np.array([1])], [np.array([4.0])], [np.arange(5)])[0],
+        preds[1][0],
+    )
+
+
+def test_binary_objective_learns_labels_and_returns_probabilities(fs) -> None:
+    """Implicit feedback: 0/1 labels, the offset starts at the base rate's log-odds, outputs are P(1)."""
+    labels = (fs.tasks["rating"] >= 4).astype(np.float32)
+    implicit = replace(fs, tasks={**fs.tasks, "rating": labels})
+    learner = MetaLearner.create({**SMALL, "objective": "binary"}, implicit, seed=0)
+    history = learner.fit(implicit, progress=False)
+    rate = labels.mean()
+    assert learner.model.global_mean.item() == pytest.approx(np.log(rate / (1 - rate)), rel=1e-5)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    probs = learner.adapt_predict(
+        fs.user_cats[:3], [np.array([0, 1])] * 3, [np.array([1.0, 0.0])] * 3, [np.arange(25)] * 3
+    )
+    assert all(p.min() >= 0.0 and p.max() <= 1.0 for p in probs)
+    assert len({round(float(v), 6) for v in probs[0]}) > 1
+    with pytest.raises(ValueError, match=r"rating 4.0 outside \[0.0, 1.0\]"):
+        learner.adapt_predict(fs.user_cats[:1], [np.array([1])], [np.array([4.0])], [np.array([1])])

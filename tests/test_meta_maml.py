@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.meta.maml import (
     GraphedMetaGradient,
     MetaObjective,
     make_inner_lrs,
+    masked_bce,
     masked_mae,
     masked_mse,
     pad_batch,
@@ -58,8 +60,26 @@ def ragged_batch(seed: int = 1) -> TaskBatch:
     ).to("cpu", torch.float64)
 
 
-def objective(algorithm: str, adapt: str, inner_steps: int = 3, model: MeLU | None = None) -> MetaObjective:
-    config = TrainConfig(algorithm=algorithm, adapt=adapt, inner_steps=inner_steps, inner_lr=0.3)
+def binary_batch(seed: int = 1) -> TaskBatch:
+    """The ragged batch with 0/1 labels (rating >= 4) in place of ratings; padding stays 0."""
+    batch = ragged_batch(seed)
+    return replace(
+        batch,
+        support_ratings=(batch.support_ratings >= 4).to(batch.support_ratings.dtype),
+        query_ratings=(batch.query_ratings >= 4).to(batch.query_ratings.dtype),
+    )
+
+
+def objective(
+    algorithm: str,
+    adapt: str,
+    inner_steps: int = 3,
+    model: MeLU | None = None,
+    objective: str = "regression",
+) -> MetaObjective:
+    config = TrainConfig(
+        algorithm=algorithm, adapt=adapt, inner_steps=inner_steps, inner_lr=0.3, objective=objective
+    )
     model = model if model is not None else make_model()
     lrs = make_inner_lrs(model, config)
     if lrs is not None:
@@ -87,6 +107,42 @@ def test_masked_losses_by_hand() -> None:
     mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     assert masked_mse(pred, target, mask).tolist() == [2.5, 0.0]  # (1 + 4) / 2; empty row → 0
     assert masked_mae(pred, target, mask).tolist() == [1.5, 0.0]
+    logit = torch.tensor([[0.0, math.log(3.0), 5.0]])
+    label = torch.tensor([[1.0, 0.0, 1.0]])
+    # -log sigmoid(0) = log 2; -log(1 - sigmoid(log 3)) = -log(1/4) = log 4; the third entry is masked out
+    assert masked_bce(logit, label, mask[:1]).item() == pytest.approx((math.log(2) + math.log(4)) / 2)
+
+
+@pytest.mark.parametrize("adapt", ["decision", "all"])
+def test_binary_objective_vmap_equals_loop(adapt: str) -> None:
+    """Implicit feedback: BCE on logits through the same inner loop; both implementations agree."""
+    obj = objective("maml", adapt, objective="binary")
+    batch = binary_batch()
+    names = list(obj.meta_parameters())
+    g_loop, loss_loop, _ = obj.gradient(batch, 7, "loop")
+    g_vmap, loss_vmap, _ = obj.gradient(batch, 7, "vmap")
+    assert_grads_close(g_vmap, g_loop, names, rtol=1e-6)
+    assert torch.allclose(loss_vmap, loss_loop, rtol=1e-10)
+    mse_loss = objective("maml", adapt).gradient(batch, 7, "vmap")[1]
+    assert not torch.allclose(loss_vmap, mse_loss)  # a different loss, not MSE under another name
+
+
+def test_joint_trains_without_the_inner_loop_but_adapts_at_prediction() -> None:
+    """``joint`` (the finetune baseline): the training gradient is the plain query gradient of the
+    initial weights (as with zero inner steps); prediction still takes ``inner_steps`` on the support set."""
+    batch = ragged_batch()
+    joint = objective("joint", "decision", inner_steps=3)
+    plain = objective("maml", "decision", inner_steps=0)
+    maml = objective("maml", "decision", inner_steps=3)
+    names = list(joint.meta_parameters())
+    for impl in ("loop", "vmap"):
+        assert_grads_close(
+            joint.gradient(batch, 5, impl)[0], plain.gradient(batch, 5, impl)[0], names, rtol=1e-12
+        )
+    with torch.no_grad():
+        adapted = joint.adapt_and_predict(batch)
+        assert torch.allclose(adapted, maml.adapt_and_predict(batch), rtol=1e-12)
+        assert not torch.allclose(adapted, plain.adapt_and_predict(batch))
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ALGORITHMS = ("maml", "fomaml", "metasgd")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "joint")
 ADAPT = ("decision", "all")
 IMPLS = ("loop", "vmap", "graph")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
+OBJECTIVES = ("regression", "binary")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of the meta-learner; field names and defaults mirror ``TrainParams``."""
+    """Hyper-parameters of the meta-learner; field names and defaults mirror ``TrainParams``.
+
+    ``objective`` is the one field that is not a train param: the caller derives it from the task kind
+    (``regression`` on explicit ratings, ``binary`` on 0/1 implicit labels).
+    """
 
     algorithm: str = "maml"
     adapt: str = "decision"
@@ -41,6 +46,8 @@ class TrainConfig:
     resplit: bool = True
     lr_schedule: str = "cosine"
     max_restarts: int = 1
+    use_text: bool = True
+    objective: str = "regression"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -64,6 +71,7 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every > 0,
             "max_restarts": self.max_restarts >= 0,
             "item_dropout": 0.0 <= self.item_dropout < 1.0,
+            "objective": self.objective in OBJECTIVES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -88,4 +96,9 @@ class TrainConfig:
 
     @property
     def second_order(self) -> bool:
-        return self.algorithm != "fomaml"
+        return self.algorithm not in ("fomaml", "joint")
+
+    @property
+    def train_inner_steps(self) -> int:
+        """Inner steps during training: none for ``joint`` (plain supervised training, no inner loop)."""
+        return 0 if self.algorithm == "joint" else self.inner_steps

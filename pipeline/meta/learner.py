@@ -98,20 +98,22 @@ class MetaLearner:
     ) -> MetaLearner:
         """A new learner for the users and items of ``fs``; ``config``: TrainParams fields."""
         cfg = TrainConfig.from_dict(config)
+        text = fs.item_text if cfg.use_text else fs.item_text[:, :0]
+        binary = cfg.objective == "binary"
         dims = ModelDims(
             user_cards=tuple(fs.user_cards),
             item_cards=tuple(fs.item_cards),
             n_items=fs.n_items,
             n_multi=fs.n_multi,
-            text_dim=fs.text_dim,
-            rating_min=float(fs.vocab["rating_min"]),
-            rating_max=float(fs.vocab["rating_max"]),
+            text_dim=int(text.shape[1]),
+            rating_min=0.0 if binary else float(fs.vocab["rating_min"]),
+            rating_max=1.0 if binary else float(fs.vocab["rating_max"]),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MeLU(dims, cfg.embedding_dim, cfg.hidden)
             inner_lrs = make_inner_lrs(model, cfg)
-        model.set_item_features(fs.item_cats, fs.item_multi, fs.item_text)
+        model.set_item_features(fs.item_cats, fs.item_multi, text)
         return cls(model, cfg, inner_lrs, seed, device or resolve_device(cfg.device))
 
     # -- meta-training ----------------------------------------------------------------------------
@@ -120,7 +122,11 @@ class MetaLearner:
         """The seeded task sampler over the tasks of ``users``; fixes the rating offset and the seen items."""
         taskset = TaskSet.from_tasks(fs.tasks, fs.user_cats, users)
         with torch.no_grad():
-            self.model.global_mean.fill_(taskset.mean_rating())
+            mean = taskset.mean_rating()
+            if self.objective.binary:  # the output is a logit: start from the base rate's log-odds
+                rate = min(max(mean, 1e-3), 1 - 1e-3)
+                mean = math.log(rate / (1 - rate))
+            self.model.global_mean.fill_(mean)
             self.model.item_seen.zero_()
             self.model.item_seen[torch.as_tensor(taskset.rated_items(), device=self.device)] = True
         c = self.config
@@ -251,7 +257,8 @@ class MetaLearner:
         """Adapt to each user on its support ratings (none: the meta-initialisation), score its query items.
 
         ``user_cats`` [n_users, Fu] holds attribute codes (0 = unknown); item indices are FeatureSet rows,
-        or ``n_items`` for an unknown item. Returns per user the predictions, clipped to the rating range.
+        or ``n_items`` for an unknown item. Returns per user the predicted ratings, clipped to the rating
+        range (objective ``binary``: probabilities; support ratings are then 0/1 labels).
         """
         user_cats = self._check_inputs(user_cats, support_items, support_ratings, query_items)
         n = len(query_items)
@@ -277,7 +284,8 @@ class MetaLearner:
                 )
                 with self.objective.autocast(self.device):
                     preds = self.objective.adapt_and_predict(batch)
-                scores = preds.float().clamp(dims.rating_min, dims.rating_max).cpu().numpy()
+                scores = self.objective.score(preds.float()).clamp(dims.rating_min, dims.rating_max)
+                scores = scores.cpu().numpy()
                 for row, i in enumerate(chunk):
                     out[i] = scores[row, : len(query_items[i])].copy()
         return out

@@ -1,9 +1,11 @@
 """MAML, first-order MAML and Meta-SGD over a meta-batch of users, three ways with the same math.
 
-Per task: ``inner_steps`` SGD steps of the masked support MSE over the adapted parameters (the decision
-MLP, or everything), then the masked query MSE with the adapted parameters. The meta-objective is the
-sum of the query losses divided by the global number of tasks in the meta-batch, so summing it over
-ranks gives the mean over the global batch.
+Per task: ``inner_steps`` SGD steps of the masked support loss over the adapted parameters (the decision
+MLP, or everything), then the masked query loss with the adapted parameters: MSE on ratings, or binary
+cross-entropy on 0/1 labels (objective ``binary``). The meta-objective is the sum of the query losses
+divided by the global number of tasks in the meta-batch, so summing it over ranks gives the mean over the
+global batch. Algorithm ``joint`` trains without the inner loop (plain supervised learning of the same
+model, the ``finetune`` baseline) and adapts only at prediction.
 
 - ``loop``: one task at a time with ``torch.autograd.grad``: the reference.
 - ``vmap``: ``torch.func`` over the padded batch in one call; when only the decision MLP adapts, the
@@ -41,6 +43,12 @@ def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (mask * (pred - target).abs()).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def masked_bce(logit: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean binary cross-entropy (from logits, 0/1 targets) over the entries where ``mask`` is 1."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return (mask * loss).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
 def lr_key(name: str) -> str:
     """Name of the Meta-SGD learning-rate tensor of parameter ``name`` (dots are not allowed in keys)."""
     return name.replace(".", "__")
@@ -75,6 +83,9 @@ class MetaObjective:
         self.model = model
         self.adapt = config.adapt
         self.inner_steps = config.inner_steps
+        self.train_inner_steps = config.train_inner_steps
+        self.binary = config.objective == "binary"
+        self.task_loss = masked_bce if self.binary else masked_mse
         self.second_order = config.second_order
         self.adapted = model.adapted_names(config.adapt)
         self.inner_lrs = inner_lrs
@@ -92,6 +103,10 @@ class MetaObjective:
         if self.bf16 and device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
+
+    def score(self, pred: Tensor) -> Tensor:
+        """Model output → the predicted rating (regression) or probability (binary)."""
+        return torch.sigmoid(pred) if self.binary else pred
 
     def _lr(self, name: str) -> Tensor | float:
         return self.inner_lr if self.inner_lrs is None else self.inner_lrs[lr_key(name)]
@@ -115,18 +130,19 @@ class MetaObjective:
             s, q = n_support[t], n_query[t]
             uc = batch.user_cats[t]
             fast = {n: params[n] for n in self.adapted}
-            for _ in range(self.inner_steps if s else 0):  # no support: zero gradient, nothing to adapt
+            for _ in range(self.train_inner_steps if s else 0):  # no support: nothing to adapt
                 pred = functional_call(
                     self.model, fast, (uc, batch.support_items[t, :s], batch.support_ids[t, :s])
                 )
-                loss = masked_mse(pred, batch.support_ratings[t, :s], batch.support_mask[t, :s])
+                loss = self.task_loss(pred, batch.support_ratings[t, :s], batch.support_mask[t, :s])
                 grads = torch.autograd.grad(
                     loss, fast, create_graph=self.second_order, materialize_grads=True
                 )
                 fast = self._sgd(fast, grads, identity)
             pred = functional_call(self.model, fast, (uc, batch.query_items[t, :q], batch.query_ids[t, :q]))
-            losses.append(masked_mse(pred, batch.query_ratings[t, :q], batch.query_mask[t, :q]))
-            maes.append(masked_mae(pred.detach(), batch.query_ratings[t, :q], batch.query_mask[t, :q]))
+            losses.append(self.task_loss(pred, batch.query_ratings[t, :q], batch.query_mask[t, :q]))
+            scored = self.score(pred.detach())
+            maes.append(masked_mae(scored, batch.query_ratings[t, :q], batch.query_mask[t, :q]))
         if not losses:
             zero = batch.support_ratings.new_zeros(())
             return StepOutput(zero, zero, zero)
@@ -138,11 +154,14 @@ class MetaObjective:
     def vmap(self, batch: TaskBatch, n_global: int | Tensor) -> StepOutput:
         """The same objective with ``torch.func.vmap`` over the padded tasks."""
         losses, preds = self._vmapped(batch, with_loss=True)
-        mae = masked_mae(preds.detach(), batch.query_ratings, batch.query_mask)
+        mae = masked_mae(self.score(preds.detach()), batch.query_ratings, batch.query_mask)
         return StepOutput(losses.sum() / n_global, losses.detach().sum(), mae.sum())
 
     def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
-        """Adapt on each task's support set and predict its query items [T, Q] (no meta-gradient)."""
+        """Adapt on each task's support set and predict its query items [T, Q] (no meta-gradient).
+
+        Returns raw model outputs (logits for ``binary``); adaptation always takes ``inner_steps``.
+        """
         return self._vmapped(batch, with_loss=False)[1]
 
     def _vmapped(self, batch: TaskBatch, with_loss: bool) -> tuple[Tensor, Tensor]:
@@ -179,12 +198,16 @@ class MetaObjective:
                 batch.query_ids,
             )
 
+        steps = self.train_inner_steps if with_loss else self.inner_steps
+
         def task(
             t: tuple[Tensor, ...], ys: Tensor, ms: Tensor, yq: Tensor, mq: Tensor
         ) -> tuple[Tensor, Tensor]:
-            fast = self._adapt_vmapped(fast0, names, lambda f: masked_mse(predict_s(f, t), ys, ms))
+            fast = self._adapt_vmapped(
+                fast0, names, lambda f: self.task_loss(predict_s(f, t), ys, ms), steps
+            )
             pred = predict_q(fast, t)
-            loss = masked_mse(pred, yq, mq) if with_loss else pred.new_zeros(())
+            loss = self.task_loss(pred, yq, mq) if with_loss else pred.new_zeros(())
             return loss, pred
 
         return torch.vmap(task)(
@@ -192,9 +215,9 @@ class MetaObjective:
         )
 
     def _adapt_vmapped(
-        self, fast: Params, names: dict[str, str], support_loss: Callable[[Params], Tensor]
+        self, fast: Params, names: dict[str, str], support_loss: Callable[[Params], Tensor], steps: int
     ) -> Params:
-        for _ in range(self.inner_steps):
+        for _ in range(steps):
             fast = self._sgd(fast, torch.func.grad(support_loss)(fast), names)
         return fast
 
