@@ -284,8 +284,8 @@ class MetaLearner:
                 )
                 with self.objective.autocast(self.device):
                     preds = self.objective.adapt_and_predict(batch)
-                scores = self.objective.score(preds.float()).clamp(dims.rating_min, dims.rating_max)
-                scores = scores.cpu().numpy()
+                scored = self.objective.score(preds.float()).clamp(dims.rating_min, dims.rating_max)
+                scores = scored.cpu().numpy()
                 for row, i in enumerate(chunk):
                     out[i] = scores[row, : len(query_items[i])].copy()
         return out
