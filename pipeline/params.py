@@ -105,11 +105,16 @@ class TrainParams(_Section):
     max_restarts: Annotated[int, Field(ge=0)] = 1
     # feed the language-model text embedding of items to the model (false: the meta_no_text ablation)
     use_text: bool = True
+    # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
+    nnodes: PositiveInt = 1
+    rdzv_endpoint: str = ""
 
     @model_validator(mode="after")
     def _support_range(self) -> TrainParams:
         if self.min_support > self.max_support:
             raise ValueError("min_support must be <= max_support")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the torchrun rendezvous)")
         return self
 
 

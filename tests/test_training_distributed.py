@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,38 @@ def test_two_gloo_processes_equal_one_process(fs_dir, reference, tmp_path) -> No
     assert np.allclose(
         [h["train_loss"] for h in result["history"]], [h["train_loss"] for h in reference.history], rtol=1e-6
     )
+
+
+@pytest.mark.slow
+def test_two_nodes_through_a_c10d_rendezvous_equal_one_process(fs_dir, reference, tmp_path) -> None:
+    """The multi-node launch: two torchrun launchers (one process each) meet at a c10d rendezvous on
+    127.0.0.1, as two machines would; the node that gets rank 0 writes the model of one process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    outs = [tmp_path / "node-a", tmp_path / "node-b"]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda out: train_distributed(
+                    fs_dir,
+                    CONFIG,
+                    out,
+                    nproc=1,
+                    seed=SEED,
+                    nnodes=2,
+                    rdzv_endpoint=f"127.0.0.1:{port}",
+                    rdzv_id="test-two-nodes",
+                ),
+                outs,
+            )
+        )
+    written = [out for out in outs if (out / "weights.safetensors").exists()]
+    assert len(written) == 1, "exactly one node holds rank 0 and writes the model"
+    assert sorted(r["history"] is None for r in results) == [False, True]
+    assert_same_weights(MetaLearner.load(written[0]).tensors(), reference.tensors(), atol=1e-6)
+    with pytest.raises(ValueError, match="rendezvous endpoint"):
+        train_distributed(fs_dir, CONFIG, tmp_path / "x", nproc=1, nnodes=2)
 
 
 @pytest.mark.slow

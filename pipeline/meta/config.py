@@ -47,6 +47,8 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     max_restarts: int = 1
     use_text: bool = True
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
     objective: str = "regression"
 
     def __post_init__(self) -> None:
@@ -68,6 +70,7 @@ class TrainConfig:
             "lr_schedule": self.lr_schedule in LR_SCHEDULES,
             "query_size": self.query_size > 0,
             "nproc": self.nproc > 0,
+            "nnodes": self.nnodes > 0,
             "checkpoint_every": self.checkpoint_every > 0,
             "max_restarts": self.max_restarts >= 0,
             "item_dropout": 0.0 <= self.item_dropout < 1.0,

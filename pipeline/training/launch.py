@@ -36,13 +36,29 @@ def train_distributed(
     seed: int = 42,
     checkpoints: Path | None = None,
     max_restarts: int = 0,
+    nnodes: int = 1,
+    rdzv_endpoint: str = "",
+    rdzv_id: str = "metarec",
 ) -> dict[str, Any]:
     """Meta-train with ``nproc`` local processes under torchrun; returns history, wall time and restarts.
 
     ``config`` holds the train params (``TrainParams`` fields); ``checkpoints`` enables checkpointing and
-    resuming, ``max_restarts`` lets torchrun restart the worker group after a failure.
+    resuming, ``max_restarts`` lets torchrun restart the worker group after a failure. With ``nnodes`` > 1
+    every node runs this with the same c10d rendezvous (``rdzv_endpoint`` ``host:port``, ``rdzv_id``); the
+    node that gets rank 0 writes the model, the others return ``history`` None.
     """
     cfg = TrainConfig.from_dict(config)
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ValueError(f"nnodes={nnodes} needs a rendezvous endpoint host:port (train.rdzv_endpoint)")
+    if nnodes == 1:
+        topology = ["--standalone"]
+    else:
+        topology = [
+            f"--nnodes={nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
     with tempfile.TemporaryDirectory(prefix="metarec-train-") as tmp:
         config_path = Path(tmp) / "train_config.json"
         config_path.write_text(json.dumps(cfg.to_dict()))
@@ -51,7 +67,7 @@ def train_distributed(
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            *topology,
             f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}",
             "--log-dir",
@@ -90,12 +106,15 @@ def train_distributed(
         if rc != 0:
             raise TrainingFailed(
                 f"torchrun training exited with code {rc} after {seconds:.0f} s "
-                f"(nproc={nproc}, max_restarts={max_restarts}).\n{_failure_report(attempts, list(tail))}"
+                f"(nnodes={nnodes}, nproc={nproc}, max_restarts={max_restarts}).\n"
+                f"{_failure_report(attempts, list(tail))}"
             )
-    history = json.loads((Path(out_dir) / HISTORY).read_text())
+    written = Path(out_dir) / HISTORY
+    history = json.loads(written.read_text()) if nnodes == 1 or written.exists() else None
     return {
         "history": history,
         "seconds": seconds,
+        "nnodes": nnodes,
         "nproc": nproc,
         "restarts": max(0, len(attempts) - 1),
         "out_dir": str(out_dir),

@@ -26,22 +26,33 @@ def train_config(params: Params) -> dict[str, Any]:
 
 
 def train_stage(params: Params, paths: Paths) -> dict[str, Any]:
-    """Run torchrun with ``train.nproc`` workers; returns the summary written to ``metrics/train.json``."""
+    """Run torchrun with ``train.nproc`` workers per node on ``train.nnodes`` nodes; returns the summary
+    written to ``metrics/train.json`` (on the node that held rank 0; the other nodes raise)."""
     config = train_config(params)
+    t = params.train
     result = train_distributed(
         paths.features,
         config,
         paths.model,
-        params.train.nproc,
+        t.nproc,
         seed=params.seed,
         checkpoints=paths.checkpoints,
-        max_restarts=params.train.max_restarts,
+        max_restarts=t.max_restarts,
+        nnodes=t.nnodes,
+        rdzv_endpoint=t.rdzv_endpoint,
+        rdzv_id=f"metarec-{params.digest()[:12]}",
     )
+    if result["history"] is None:
+        raise RuntimeError(
+            f"training finished, but rank 0 ran on another of the {t.nnodes} nodes: the model, metrics and "
+            f"checkpoints are on that node ({paths.model}); continue the pipeline there"
+        )
     last = result["history"][-1]
     summary = {
         "train_loss": last["train_loss"],
         "query_mae": last["query_mae"],
         "epochs": len(result["history"]),
+        "nnodes": result["nnodes"],
         "nproc": result["nproc"],
         "restarts": result["restarts"],
         "seconds": round(result["seconds"], 1),

@@ -40,7 +40,7 @@ HISTORY = "history.json"
 CRASH_STEP_ENV = "METAREC_TEST_CRASH_AT_STEP"
 CRASH_RANK_ENV = "METAREC_TEST_CRASH_RANK"
 # Changing these never changes the trained model, so a checkpoint stays valid across them.
-RUNTIME_ONLY = ("nproc", "device", "checkpoint_every", "impl", "max_restarts")
+RUNTIME_ONLY = ("nproc", "nnodes", "rdzv_endpoint", "device", "checkpoint_every", "impl", "max_restarts")
 
 
 def fingerprint(config: TrainConfig, fs: FeatureSet, seed: int) -> str:
