@@ -105,6 +105,9 @@ class TrainParams(_Section):
     max_restarts: Annotated[int, Field(ge=0)] = 1
     # feed the language-model text embedding of items to the model (false: the meta_no_text ablation)
     use_text: bool = True
+    # the language model is never trained; its projection into the model is trained, or frozen at its
+    # seeded random initialisation (pure transfer of the text embedding)
+    text_projection: Literal["trained", "frozen"] = "trained"
     # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
     nnodes: PositiveInt = 1
     rdzv_endpoint: str = ""

@@ -289,3 +289,15 @@ def test_binary_objective_learns_labels_and_returns_probabilities(fs) -> None:
     assert len({round(float(v), 6) for v in probs[0]}) > 1
     with pytest.raises(ValueError, match=r"rating 4.0 outside \[0.0, 1.0\]"):
         learner.adapt_predict(fs.user_cats[:1], [np.array([1])], [np.array([4.0])], [np.array([1])])
+
+
+@pytest.mark.parametrize("projection", ["trained", "frozen"])
+def test_text_projection_is_trained_or_stays_frozen(fs, projection: str) -> None:
+    """The language model is the transfer source: its projection is fine-tuned only when asked."""
+    learner = MetaLearner.create({**SMALL, "epochs": 2, "text_projection": projection, "adapt": "all"}, fs, 2)
+    before = learner.model.text.weight.detach().clone()
+    learner.fit(fs, progress=False)
+    names = set(learner.objective.meta_parameters())
+    changed = not torch.equal(before, learner.model.text.weight)
+    assert ("text.weight" in names) == changed == (projection == "trained")
+    assert ("text.weight" in learner.objective.adapted) == (projection == "trained")

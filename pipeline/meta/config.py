@@ -14,6 +14,7 @@ ADAPT = ("decision", "all")
 IMPLS = ("loop", "vmap", "graph")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
+TEXT_PROJECTIONS = ("trained", "frozen")
 OBJECTIVES = ("regression", "binary")
 
 
@@ -47,6 +48,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     max_restarts: int = 1
     use_text: bool = True
+    text_projection: str = "trained"
     nnodes: int = 1
     rdzv_endpoint: str = ""
     objective: str = "regression"
@@ -75,6 +77,7 @@ class TrainConfig:
             "max_restarts": self.max_restarts >= 0,
             "item_dropout": 0.0 <= self.item_dropout < 1.0,
             "objective": self.objective in OBJECTIVES,
+            "text_projection": self.text_projection in TEXT_PROJECTIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -111,7 +111,7 @@ class MetaLearner:
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = MeLU(dims, cfg.embedding_dim, cfg.hidden)
+            model = MeLU(dims, cfg.embedding_dim, cfg.hidden, frozen_text=cfg.text_projection == "frozen")
             inner_lrs = make_inner_lrs(model, cfg)
         model.set_item_features(fs.item_cats, fs.item_multi, text)
         return cls(model, cfg, inner_lrs, seed, device or resolve_device(cfg.device))
@@ -385,7 +385,7 @@ class MetaLearner:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         cfg = TrainConfig.from_dict(meta["train"])
         dims = ModelDims.from_dict(meta["dims"])
-        model = MeLU(dims, cfg.embedding_dim, cfg.hidden)
+        model = MeLU(dims, cfg.embedding_dim, cfg.hidden, frozen_text=cfg.text_projection == "frozen")
         learner = cls(
             model,
             cfg,

@@ -93,8 +93,8 @@ class MetaObjective:
         self.bf16 = config.bf16
 
     def meta_parameters(self) -> Params:
-        """Everything the outer loop learns: model parameters, then Meta-SGD's ``lr.*`` tensors."""
-        out: Params = dict(self.model.named_parameters())
+        """Everything the outer loop learns: trainable model parameters, then Meta-SGD's ``lr.*`` tensors."""
+        out: Params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if self.inner_lrs is not None:
             out.update({f"lr.{k}": v for k, v in self.inner_lrs.items()})
         return out
@@ -203,9 +203,7 @@ class MetaObjective:
         def task(
             t: tuple[Tensor, ...], ys: Tensor, ms: Tensor, yq: Tensor, mq: Tensor
         ) -> tuple[Tensor, Tensor]:
-            fast = self._adapt_vmapped(
-                fast0, names, lambda f: self.task_loss(predict_s(f, t), ys, ms), steps
-            )
+            fast = self._adapt_vmapped(fast0, names, lambda f: self.task_loss(predict_s(f, t), ys, ms), steps)
             pred = predict_q(fast, t)
             loss = self.task_loss(pred, yq, mq) if with_loss else pred.new_zeros(())
             return loss, pred

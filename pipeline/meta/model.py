@@ -48,7 +48,10 @@ class MeLU(nn.Module):
     item_seen: Tensor
     global_mean: Tensor
 
-    def __init__(self, dims: ModelDims, embedding_dim: int, hidden: tuple[int, ...]) -> None:
+    def __init__(
+        self, dims: ModelDims, embedding_dim: int, hidden: tuple[int, ...], frozen_text: bool = False
+    ) -> None:
+        """``frozen_text``: keep the text projection at its seeded random initialisation (never trained)."""
         super().__init__()
         self.dims = dims
         e = embedding_dim
@@ -57,6 +60,8 @@ class MeLU(nn.Module):
         self.item_embeddings = nn.ModuleList(nn.Embedding(card, e) for card in dims.item_cards)
         self.genre = nn.Linear(dims.n_multi, e, bias=False) if dims.n_multi else None
         self.text = nn.Linear(dims.text_dim, e) if dims.text_dim else None
+        if self.text is not None and frozen_text:
+            self.text.requires_grad_(False)
         for emb in [*self.user_embeddings, self.item_id, *self.item_embeddings]:
             nn.init.normal_(emb.weight, std=0.01)  # rows that are rarely updated stay near the average
         n_parts = (
@@ -130,6 +135,6 @@ class MeLU(nn.Module):
         return self.decide(self.features(user_cats, items, rows))
 
     def adapted_names(self, adapt: str) -> list[str]:
-        """Parameters updated in the inner loop: the decision MLP (MeLU), or everything."""
-        names = [n for n, _ in self.named_parameters()]
+        """Parameters updated in the inner loop: the decision MLP (MeLU), or everything trainable."""
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
         return names if adapt == "all" else [n for n in names if n.startswith(DECISION_PREFIX)]
