@@ -108,6 +108,8 @@ class TrainParams(_Section):
     # the language model is never trained; its projection into the model is trained, or frozen at its
     # seeded random initialisation (pure transfer of the text embedding)
     text_projection: Literal["trained", "frozen"] = "trained"
+    # the user's text profile (mean text of the items they interacted with) as model input
+    user_profile: bool = True
     # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
     nnodes: PositiveInt = 1
     rdzv_endpoint: str = ""

@@ -34,7 +34,7 @@ DIMS = ModelDims(
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> MeLU:
     fs = synthetic_feature_set(n_items=DIMS.n_items)
     torch.manual_seed(seed)
-    model = MeLU(DIMS, embedding_dim=4, hidden=(8, 6))
+    model = MeLU(DIMS, embedding_dim=4, hidden=(8, 6), user_profile=True)
     model.set_item_features(fs.item_cats, fs.item_multi, fs.item_text)
     with torch.no_grad():
         model.global_mean.fill_(3.2)
@@ -111,6 +111,21 @@ def test_masked_losses_by_hand() -> None:
     label = torch.tensor([[1.0, 0.0, 1.0]])
     # -log sigmoid(0) = log 2; -log(1 - sigmoid(log 3)) = -log(1/4) = log 4; the third entry is masked out
     assert masked_bce(logit, label, mask[:1]).item() == pytest.approx((math.log(2) + math.log(4)) / 2)
+
+
+def test_text_profile_by_hand() -> None:
+    """Mean text of the interacted items minus the mean item text; none (or only unknown items): zero."""
+    model = make_model()
+    text, center = model.item_text, model.item_text[: DIMS.n_items].mean(0)
+    items = torch.tensor([[2, 5, 7], [4, DIMS.n_items, 0], [1, 2, 3]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    got = model.profile(items, mask)
+    assert torch.allclose(got[0], (text[2] + text[5]) / 2 - center)
+    assert torch.allclose(got[1], text[4] - center)  # the unknown item has no text: ignored
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+    no_profile = MeLU(DIMS, embedding_dim=4, hidden=(8, 6)).to(torch.float64)
+    assert no_profile.user_text is None and model.user_text is not None
+    assert model.decision[0].in_features == no_profile.decision[0].in_features + 4
 
 
 @pytest.mark.parametrize("adapt", ["decision", "all"])
@@ -221,8 +236,9 @@ def test_zero_inner_steps_is_the_plain_query_gradient(algorithm: str) -> None:
     model = obj.model
     total = torch.zeros((), dtype=torch.float64)
     for t in range(batch.n_tasks):
-        q = int(batch.query_mask[t].sum())
-        pred = model(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q])
+        s, q = int(batch.support_mask[t].sum()), int(batch.query_mask[t].sum())
+        prof = model.profile(batch.support_items[t, :s], batch.support_mask[t, :s])
+        pred = model(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q], prof)
         total = total + ((pred - batch.query_ratings[t, :q]) ** 2).mean()
     expected = torch.autograd.grad(total / batch.n_tasks, list(model.parameters()))
     for impl in ("loop", "vmap"):
@@ -243,15 +259,16 @@ def test_first_order_all_params_is_the_query_gradient_at_the_adapted_weights() -
     for t in range(batch.n_tasks):
         s, q = int(batch.support_mask[t].sum()), int(batch.query_mask[t].sum())
         clone = copy.deepcopy(obj.model)
+        prof = clone.profile(batch.support_items[t, :s], batch.support_mask[t, :s])
         for _ in range(inner_steps):
             clone.zero_grad()
-            pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s])
+            pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s], prof)
             if s:
                 ((pred - batch.support_ratings[t, :s]) ** 2).mean().backward()
                 with torch.no_grad():
                     for p in clone.parameters():
                         p -= lr * p.grad
-        pred = clone(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q])
+        pred = clone(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q], prof)
         for acc, g in zip(
             expected,
             torch.autograd.grad(((pred - batch.query_ratings[t, :q]) ** 2).mean(), list(clone.parameters())),
@@ -272,13 +289,14 @@ def test_meta_objective_value_matches_one_hand_sgd_step() -> None:
     for t in range(batch.n_tasks):
         s, q = int(batch.support_mask[t].sum()), int(batch.query_mask[t].sum())
         clone = copy.deepcopy(obj.model)
-        pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s])
+        prof = clone.profile(batch.support_items[t, :s], batch.support_mask[t, :s])
+        pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s], prof)
         if s:
             ((pred - batch.support_ratings[t, :s]) ** 2).mean().backward()
             with torch.no_grad():
                 for p in clone.decision.parameters():
                     p -= 0.3 * p.grad
-        pred = clone(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q])
+        pred = clone(batch.user_cats[t], batch.query_items[t, :q], batch.query_ids[t, :q], prof)
         losses.append(((pred - batch.query_ratings[t, :q]) ** 2).mean().item())
     assert out.objective.item() == pytest.approx(np.mean(losses), rel=1e-12)
 

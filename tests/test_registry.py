@@ -74,9 +74,10 @@ def served(saved_model: Path) -> mlflow.pyfunc.PyFuncModel:
 def test_signature_comes_from_the_type_hints(served: mlflow.pyfunc.PyFuncModel) -> None:
     inputs = served.metadata.signature.inputs.to_dict()[0]
     props = inputs["properties"]
-    assert set(props) == {"user_id", "ratings", "attributes", "candidates", "k"}
+    assert set(props) == {"user_id", "ratings", "attributes", "clicked", "candidates", "k"}
     assert props["ratings"]["items"]["properties"]["rating"]["type"] == "double"
     assert props["candidates"]["required"] is False and props["k"]["required"] is False
+    assert props["clicked"]["required"] is False
     assert props["user_id"]["required"] is True and props["ratings"]["required"] is True
     outputs = served.metadata.signature.outputs.to_dict()[0]["properties"]
     assert set(outputs) == {"items", "scores"}
@@ -154,10 +155,20 @@ def test_attributes_change_the_prediction(served: mlflow.pyfunc.PyFuncModel) -> 
     )
 
 
+def test_clicked_items_inform_a_user_without_ratings(served: mlflow.pyfunc.PyFuncModel) -> None:
+    base = {"user_id": "x", "ratings": [], "candidates": [item_id(i) for i in range(N_ITEMS)], "k": N_ITEMS}
+    [plain] = served.predict([base])
+    [clicked] = served.predict([{**base, "clicked": [item_id(0), item_id(1)]}])
+    assert dict(zip(plain["items"], plain["scores"], strict=True)) != dict(
+        zip(clicked["items"], clicked["scores"], strict=True)
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
         ({"ratings": [{"item_id": "nope", "rating": 4.0}]}, "ratings[0].item_id: unknown item id 'nope'"),
+        ({"clicked": ["1000", "nope"]}, "clicked[1]: unknown item id 'nope'"),
         ({"ratings": [*A_USER, {"item_id": "999999", "rating": 4.0}]}, "ratings[6].item_id: unknown item id"),
         (
             {"ratings": [{"item_id": "1000", "rating": 4.0}, {"item_id": "1000", "rating": 3.0}]},

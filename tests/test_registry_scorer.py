@@ -70,6 +70,18 @@ def test_float_scores_equal_the_learners_adaptation(fs: FeatureSet, changes: dic
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("adapt", ["decision", "all"])
+def test_clicked_items_join_the_text_profile_as_in_the_learner(fs: FeatureSet, adapt: str) -> None:
+    learner = _learner(fs, adapt=adapt)
+    scorer = Scorer(learner)
+    user = encode_user({"gender": "F"}, fs.vocab)
+    support, stars, clicked = np.array([3], np.int64), np.array([4.0], np.float32), np.array([7, 9, 11])
+    [expected] = learner.adapt_predict(user[None], [support], [stars], [np.arange(N_ITEMS)], [clicked])
+    got = scorer.scores(user, support, stars, None, context_items=clicked)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, scorer.scores(user, support, stars, None), atol=1e-6)
+
+
 def test_support_changes_the_scores(trained: MetaLearner, fs: FeatureSet) -> None:
     scorer = Scorer(trained)
     user = encode_user({}, fs.vocab)

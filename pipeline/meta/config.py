@@ -48,6 +48,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     max_restarts: int = 1
     use_text: bool = True
+    user_profile: bool = True
     text_projection: str = "trained"
     nnodes: int = 1
     rdzv_endpoint: str = ""

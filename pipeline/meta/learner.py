@@ -40,6 +40,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_model(dims: ModelDims, config: TrainConfig) -> MeLU:
+    """The (untrained) model a config describes."""
+    return MeLU(
+        dims,
+        config.embedding_dim,
+        config.hidden,
+        frozen_text=config.text_projection == "frozen",
+        user_profile=config.user_profile,
+    )
+
+
 @dataclass
 class TrainState:
     """Where training stands: the next (epoch, batch), meta-steps done, the running epoch's sums, history.
@@ -111,7 +122,7 @@ class MetaLearner:
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = MeLU(dims, cfg.embedding_dim, cfg.hidden, frozen_text=cfg.text_projection == "frozen")
+            model = build_model(dims, cfg)
             inner_lrs = make_inner_lrs(model, cfg)
         model.set_item_features(fs.item_cats, fs.item_multi, text)
         return cls(model, cfg, inner_lrs, seed, device or resolve_device(cfg.device))
@@ -253,14 +264,19 @@ class MetaLearner:
         support_items: list[np.ndarray],
         support_ratings: list[np.ndarray],
         query_items: list[np.ndarray],
+        context_items: list[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Adapt to each user on its support ratings (none: the meta-initialisation), score its query items.
+
+        ``context_items``: per user, items interacted with but not rated (clicks, views); with the support
+        items they form the user's text profile (``train.user_profile``), so they inform users with no
+        ratings too.
 
         ``user_cats`` [n_users, Fu] holds attribute codes (0 = unknown); item indices are FeatureSet rows,
         or ``n_items`` for an unknown item. Returns per user the predicted ratings, clipped to the rating
         range (objective ``binary``: probabilities; support ratings are then 0/1 labels).
         """
-        user_cats = self._check_inputs(user_cats, support_items, support_ratings, query_items)
+        user_cats = self._check_inputs(user_cats, support_items, support_ratings, query_items, context_items)
         n = len(query_items)
         sizes = np.array([len(s) + len(q) for s, q in zip(support_items, query_items, strict=True)])
         order = np.argsort(sizes, kind="stable")
@@ -282,13 +298,31 @@ class MetaLearner:
                     support_ids=self.model.id_rows(batch.support_items),
                     query_ids=self.model.id_rows(batch.query_items),
                 )
+                profile = None
+                if context_items is not None:
+                    profile = self._profile(
+                        [np.concatenate([support_items[i], context_items[i]]) for i in chunk], dtype
+                    )
                 with self.objective.autocast(self.device):
-                    preds = self.objective.adapt_and_predict(batch)
+                    preds = self.objective.adapt_and_predict(batch, profile)
                 scored = self.objective.score(preds.float()).clamp(dims.rating_min, dims.rating_max)
                 scores = scored.cpu().numpy()
                 for row, i in enumerate(chunk):
                     out[i] = scores[row, : len(query_items[i])].copy()
         return out
+
+    def _profile(self, items: list[np.ndarray], dtype: torch.dtype) -> Tensor:
+        """Text profiles [n, D] of users who interacted with ``items`` (one array per user)."""
+        width = max((len(i) for i in items), default=0)
+        padded = np.zeros((len(items), width), np.int64)
+        mask = np.zeros((len(items), width), np.float32)
+        for row, user_items in enumerate(items):
+            padded[row, : len(user_items)] = user_items
+            mask[row, : len(user_items)] = 1.0
+        return self.model.profile(
+            torch.as_tensor(padded, device=self.device),
+            torch.as_tensor(mask, device=self.device, dtype=dtype),
+        )
 
     def _check_inputs(
         self,
@@ -296,6 +330,7 @@ class MetaLearner:
         support_items: Sequence[np.ndarray],
         support_ratings: Sequence[np.ndarray],
         query_items: Sequence[np.ndarray],
+        context_items: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         dims = self.model.dims
         uc = np.asarray(user_cats, dtype=np.int64)
@@ -313,7 +348,14 @@ class MetaLearner:
                 raise ValueError(
                     f"user_cats row {bad[0]}, column {f}: code {uc[bad[0], f]} outside [0, {card})"
                 )
-        for name, lists in (("support_items", support_items), ("query_items", query_items)):
+        if context_items is not None and len(context_items) != uc.shape[0]:
+            raise ValueError(
+                f"adapt_predict: {uc.shape[0]} users but {len(context_items)} context item lists"
+            )
+        lists_by_name = {"support_items": support_items, "query_items": query_items}
+        if context_items is not None:
+            lists_by_name["context_items"] = context_items
+        for name, lists in lists_by_name.items():
             for u, items in enumerate(lists):
                 items = np.asarray(items)
                 if items.size and (items.min() < 0 or items.max() > dims.n_items):
@@ -385,7 +427,7 @@ class MetaLearner:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         cfg = TrainConfig.from_dict(meta["train"])
         dims = ModelDims.from_dict(meta["dims"])
-        model = MeLU(dims, cfg.embedding_dim, cfg.hidden, frozen_text=cfg.text_projection == "frozen")
+        model = build_model(dims, cfg)
         learner = cls(
             model,
             cfg,

@@ -129,17 +129,20 @@ class MetaObjective:
         for t in range(batch.n_tasks):
             s, q = n_support[t], n_query[t]
             uc = batch.user_cats[t]
+            profile = self.model.profile(batch.support_items[t, :s], batch.support_mask[t, :s])
             fast = {n: params[n] for n in self.adapted}
             for _ in range(self.train_inner_steps if s else 0):  # no support: nothing to adapt
                 pred = functional_call(
-                    self.model, fast, (uc, batch.support_items[t, :s], batch.support_ids[t, :s])
+                    self.model, fast, (uc, batch.support_items[t, :s], batch.support_ids[t, :s], profile)
                 )
                 loss = self.task_loss(pred, batch.support_ratings[t, :s], batch.support_mask[t, :s])
                 grads = torch.autograd.grad(
                     loss, fast, create_graph=self.second_order, materialize_grads=True
                 )
                 fast = self._sgd(fast, grads, identity)
-            pred = functional_call(self.model, fast, (uc, batch.query_items[t, :q], batch.query_ids[t, :q]))
+            pred = functional_call(
+                self.model, fast, (uc, batch.query_items[t, :q], batch.query_ids[t, :q], profile)
+            )
             losses.append(self.task_loss(pred, batch.query_ratings[t, :q], batch.query_mask[t, :q]))
             scored = self.score(pred.detach())
             maes.append(masked_mae(scored, batch.query_ratings[t, :q], batch.query_mask[t, :q]))
@@ -157,19 +160,24 @@ class MetaObjective:
         mae = masked_mae(self.score(preds.detach()), batch.query_ratings, batch.query_mask)
         return StepOutput(losses.sum() / n_global, losses.detach().sum(), mae.sum())
 
-    def adapt_and_predict(self, batch: TaskBatch) -> Tensor:
+    def adapt_and_predict(self, batch: TaskBatch, profile: Tensor | None = None) -> Tensor:
         """Adapt on each task's support set and predict its query items [T, Q] (no meta-gradient).
 
-        Returns raw model outputs (logits for ``binary``); adaptation always takes ``inner_steps``.
+        ``profile`` [T, D]: the users' text profiles (default: from their support items). Returns raw
+        model outputs (logits for ``binary``); adaptation always takes ``inner_steps``.
         """
-        return self._vmapped(batch, with_loss=False)[1]
+        return self._vmapped(batch, with_loss=False, profile=profile)[1]
 
-    def _vmapped(self, batch: TaskBatch, with_loss: bool) -> tuple[Tensor, Tensor]:
+    def _vmapped(
+        self, batch: TaskBatch, with_loss: bool, profile: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         params: Params = dict(self.model.named_parameters())
+        if profile is None:
+            profile = self.model.profile(batch.support_items, batch.support_mask)
         if self.adapt == "decision":
             names = {n[len(DECISION_PREFIX) :]: n for n in self.adapted}
             fast0 = {k: params[n] for k, n in names.items()}
-            xu = self.model.user_features(batch.user_cats)
+            xu = self.model.user_features(batch.user_cats, profile)
             xs = self.model.item_features(batch.support_items, batch.support_ids)
             xq = self.model.item_features(batch.query_items, batch.query_ids)
 
@@ -185,10 +193,10 @@ class MetaObjective:
             fast0 = {n: params[n] for n in self.adapted}
 
             def predict_s(fast: Params, t: tuple[Tensor, ...]) -> Tensor:
-                return functional_call(self.model, fast, (t[0], t[1], t[2]))
+                return functional_call(self.model, fast, (t[0], t[1], t[2], t[5]))
 
             def predict_q(fast: Params, t: tuple[Tensor, ...]) -> Tensor:
-                return functional_call(self.model, fast, (t[0], t[3], t[4]))
+                return functional_call(self.model, fast, (t[0], t[3], t[4], t[5]))
 
             per_task = (
                 batch.user_cats,
@@ -196,6 +204,7 @@ class MetaObjective:
                 batch.support_ids,
                 batch.query_items,
                 batch.query_ids,
+                profile,
             )
 
         steps = self.train_inner_steps if with_loss else self.inner_steps

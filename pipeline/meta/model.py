@@ -3,6 +3,10 @@
 Item attributes (categorical codes, multi-hot genres, frozen language-model text embedding) are buffers,
 so a saved model scores any known item by its index alone. Row ``n_items`` of every item table is the
 "unknown item": no attributes, and the id embedding used for items the model never trained on.
+
+With ``user_profile`` the user side also holds a text profile: the mean text embedding of the items the
+user interacted with (the support set, plus items clicked without a rating), centred on the mean item
+text, so a user with none gets the average profile. It lets text inform a user with no ratings at all.
 """
 
 from __future__ import annotations
@@ -47,11 +51,18 @@ class MeLU(nn.Module):
     item_text: Tensor
     item_seen: Tensor
     global_mean: Tensor
+    text_center: Tensor
 
     def __init__(
-        self, dims: ModelDims, embedding_dim: int, hidden: tuple[int, ...], frozen_text: bool = False
+        self,
+        dims: ModelDims,
+        embedding_dim: int,
+        hidden: tuple[int, ...],
+        frozen_text: bool = False,
+        user_profile: bool = False,
     ) -> None:
-        """``frozen_text``: keep the text projection at its seeded random initialisation (never trained)."""
+        """``frozen_text``: keep the text projections at their seeded random initialisation (never
+        trained); ``user_profile``: add the user's text profile to the user side (needs item text)."""
         super().__init__()
         self.dims = dims
         e = embedding_dim
@@ -60,12 +71,15 @@ class MeLU(nn.Module):
         self.item_embeddings = nn.ModuleList(nn.Embedding(card, e) for card in dims.item_cards)
         self.genre = nn.Linear(dims.n_multi, e, bias=False) if dims.n_multi else None
         self.text = nn.Linear(dims.text_dim, e) if dims.text_dim else None
-        if self.text is not None and frozen_text:
-            self.text.requires_grad_(False)
+        self.user_text = nn.Linear(dims.text_dim, e) if dims.text_dim and user_profile else None
+        for projection in (self.text, self.user_text):
+            if projection is not None and frozen_text:
+                projection.requires_grad_(False)
         for emb in [*self.user_embeddings, self.item_id, *self.item_embeddings]:
             nn.init.normal_(emb.weight, std=0.01)  # rows that are rarely updated stay near the average
         n_parts = (
             len(dims.user_cards)
+            + (self.user_text is not None)
             + 1
             + len(dims.item_cards)
             + (self.genre is not None)
@@ -85,6 +99,7 @@ class MeLU(nn.Module):
         self.register_buffer("item_text", torch.zeros(n, dims.text_dim))
         self.register_buffer("item_seen", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("global_mean", torch.zeros(()))
+        self.register_buffer("text_center", torch.zeros(dims.text_dim))
 
     @property
     def unknown_item(self) -> int:
@@ -97,16 +112,36 @@ class MeLU(nn.Module):
             self.item_cats[:n] = torch.tensor(item_cats, dtype=torch.long)
             self.item_multi[:n] = torch.tensor(item_multi, dtype=self.item_multi.dtype)
             self.item_text[:n] = torch.tensor(item_text, dtype=self.item_text.dtype)
+            if n:
+                self.text_center.copy_(self.item_text[:n].mean(0))
 
     def id_rows(self, items: Tensor) -> Tensor:
         """Row of the id table per item: its own if trained on, else the unknown item's."""
         return torch.where(self.item_seen[items], items, torch.full_like(items, self.unknown_item))
 
-    def user_features(self, user_cats: Tensor) -> Tensor:
-        """User part of the MLP input [..., Fu·E] (empty without user fields)."""
-        if not self.user_embeddings:
+    def profile(self, items: Tensor, mask: Tensor) -> Tensor:
+        """Text profile [..., D] of users who interacted with ``items`` [..., S] where ``mask`` is 1: their
+        mean text embedding minus the mean item text (0 for a user with none; unknown items ignored)."""
+        mask = mask * (items != self.unknown_item).to(mask.dtype)
+        total = (self.item_text[items] * mask.unsqueeze(-1)).sum(-2)
+        count = mask.sum(-1, keepdim=True)
+        return torch.where(
+            count > 0, total / count.clamp(min=1.0) - self.text_center, torch.zeros_like(total)
+        )
+
+    def user_features(self, user_cats: Tensor, profile: Tensor | None = None) -> Tensor:
+        """User part of the MLP input [..., Fu·E (+E with a text profile)] (empty without user fields).
+
+        ``profile`` [..., D] from :meth:`profile`; None: the average user (a zero profile).
+        """
+        parts = [emb(user_cats[..., f]) for f, emb in enumerate(self.user_embeddings)]
+        if self.user_text is not None:
+            if profile is None:
+                profile = self.text_center.new_zeros((*user_cats.shape[:-1], self.dims.text_dim))
+            parts.append(self.user_text(profile))
+        if not parts:
             return user_cats.new_zeros((*user_cats.shape[:-1], 0), dtype=self.item_text.dtype)
-        return torch.cat([emb(user_cats[..., f]) for f, emb in enumerate(self.user_embeddings)], dim=-1)
+        return torch.cat(parts, dim=-1)
 
     def item_features(self, items: Tensor, id_rows: Tensor) -> Tensor:
         """Item part of the MLP input [..., S, D_item]."""
@@ -120,19 +155,27 @@ class MeLU(nn.Module):
             parts.append(self.text(self.item_text[items]))
         return torch.cat(parts, dim=-1)
 
-    def features(self, user_cats: Tensor, items: Tensor, id_rows: Tensor) -> Tensor:
+    def features(
+        self, user_cats: Tensor, items: Tensor, id_rows: Tensor, profile: Tensor | None = None
+    ) -> Tensor:
         """Input of the decision MLP for ``items`` [..., S] of a user with codes ``user_cats`` [..., Fu]."""
-        user = self.user_features(user_cats)
+        user = self.user_features(user_cats, profile)
         user = user.unsqueeze(-2).expand(*items.shape, user.shape[-1])
         return torch.cat([user, self.item_features(items, id_rows)], dim=-1)
 
     def decide(self, x: Tensor) -> Tensor:
         return self.decision(x).squeeze(-1) + self.global_mean
 
-    def forward(self, user_cats: Tensor, items: Tensor, id_rows: Tensor | None = None) -> Tensor:
-        """Predicted ratings [..., S] (unclipped)."""
+    def forward(
+        self,
+        user_cats: Tensor,
+        items: Tensor,
+        id_rows: Tensor | None = None,
+        profile: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted ratings [..., S] (unclipped); ``profile`` as in :meth:`user_features`."""
         rows = self.id_rows(items) if id_rows is None else id_rows
-        return self.decide(self.features(user_cats, items, rows))
+        return self.decide(self.features(user_cats, items, rows, profile))
 
     def adapted_names(self, adapt: str) -> list[str]:
         """Parameters updated in the inner loop: the decision MLP (MeLU), or everything trainable."""

@@ -44,11 +44,16 @@ class RatedItem(BaseModel):
 
 
 class Request(BaseModel):
-    """One user: ``ratings`` (may be empty) form the support set; ``candidates`` default to unrated items."""
+    """One user: ``ratings`` (may be empty) form the support set; ``candidates`` default to unrated items.
+
+    ``clicked``: items the user interacted with but did not rate; with the rated ones they form the user's
+    text profile, so even a user with no ratings gets recommendations shaped by what they looked at.
+    """
 
     user_id: str
     ratings: list[RatedItem]
     attributes: dict[str, str | int] | None = None
+    clicked: list[str] | None = None
     candidates: list[str] | None = None
     k: int | None = None
     """How many items to return (default ``DEFAULT_K``); optional in the derived signature too."""
@@ -71,6 +76,7 @@ class _Task:
     support_items: np.ndarray
     support_ratings: np.ndarray
     query_items: np.ndarray
+    context_items: np.ndarray | None
     all_items: bool
     """The candidates are every unrated item: score all items in one pass, then drop the rated ones."""
     k: int
@@ -106,7 +112,12 @@ class MetaRecModel(PythonModel):
         for task in tasks:
             query = None if task.all_items else task.query_items
             raw = self._scorer.scores(
-                task.user_cats, task.support_items, task.support_ratings, query, clip=False
+                task.user_cats,
+                task.support_items,
+                task.support_ratings,
+                query,
+                clip=False,
+                context_items=task.context_items,
             )
             if task.all_items:
                 raw = raw[task.query_items]
@@ -131,13 +142,24 @@ class MetaRecModel(PythonModel):
             query_items = np.flatnonzero(unrated)
         else:
             query_items = self._indices(position, "candidates", request.candidates, "")
+        context_items = (
+            None if request.clicked is None else self._indices(position, "clicked", request.clicked, "")
+        )
         attributes = request.attributes or {}
         unknown = sorted(set(attributes) - set(self._vocab["user_fields"]))
         if unknown:
             known = ", ".join(self._vocab["user_fields"]) or "none"
             raise _invalid(position, f"attributes.{unknown[0]}", f"unknown user attribute (known: {known})")
         user_cats = self._user_codes(tuple(sorted(attributes.items())))
-        return _Task(user_cats, support_items, support_ratings, query_items, request.candidates is None, k)
+        return _Task(
+            user_cats,
+            support_items,
+            support_ratings,
+            query_items,
+            context_items,
+            request.candidates is None,
+            k,
+        )
 
     def _encode_user(self, attributes: tuple[tuple[str, str | int], ...]) -> np.ndarray:
         return encode_user(dict(attributes), self._vocab)

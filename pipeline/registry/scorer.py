@@ -83,6 +83,8 @@ class Scorer:
 
         self._model = model
         self._n_user = sum(cast(nn.Embedding, e).embedding_dim for e in model.user_embeddings)
+        if model.user_text is not None:
+            self._n_user += model.user_text.out_features
         self._relu = [i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU) for i in linear]
         self._base: Layers = [(params[f"{i}.weight"], params[f"{i}.bias"]) for i in linear]
         self._rates = [(rate(f"{i}.weight"), rate(f"{i}.bias")) for i in linear]
@@ -99,23 +101,32 @@ class Scorer:
         support_ratings: np.ndarray,
         query_items: np.ndarray | None,
         clip: bool = True,
+        context_items: np.ndarray | None = None,
     ) -> np.ndarray:
         """Predicted ratings of ``query_items``, or of every item when None; clipped to the rating range
         unless ``clip`` is False (ranking then still tells apart items predicted above the top rating;
         ``adapt_predict``, behind ``train.adapt: all``, always clips).
 
-        ``user_cats`` [Fu] are the user's attribute codes, item indices are FeatureSet rows.
+        ``user_cats`` [Fu] are the user's attribute codes, item indices are FeatureSet rows;
+        ``context_items`` were interacted with but not rated (they join the user's text profile).
         """
         if not self.cached:
             query = np.arange(self.learner.model.dims.n_items) if query_items is None else query_items
             with self._lock:  # adapt_predict swaps fast weights into the shared model
                 [out] = self.learner.adapt_predict(
-                    user_cats[None], [support_items], [support_ratings], [query]
+                    user_cats[None],
+                    [support_items],
+                    [support_ratings],
+                    [query],
+                    None if context_items is None else [context_items],
                 )
             return out
         dims = self._model.dims
         with torch.no_grad():
-            user = self._user_vector(torch.as_tensor(user_cats, device=self.learner.device))
+            interacted = (
+                support_items if context_items is None else np.concatenate([support_items, context_items])
+            )
+            user = self._user_vector(torch.as_tensor(user_cats, device=self.learner.device), interacted)
             layers = self._adapt(user, support_items, support_ratings)
             device = self.learner.device
             items = (
@@ -127,9 +138,15 @@ class Scorer:
             pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
             return pred.float().cpu().numpy()
 
-    def _user_vector(self, user_cats: Tensor) -> Tensor:
-        parts = [emb(user_cats[f]) for f, emb in enumerate(self._model.user_embeddings)]
-        return torch.cat(parts) if parts else self._items.new_zeros(0)
+    def _user_vector(self, user_cats: Tensor, interacted: np.ndarray) -> Tensor:
+        """The user part of the MLP input: attribute embeddings, then the text profile if there is one."""
+        profile = None
+        if self._model.user_text is not None:
+            items = torch.as_tensor(np.asarray(interacted, np.int64), device=self.learner.device)
+            profile = self._model.profile(
+                items, torch.ones(items.shape, dtype=self._items.dtype, device=items.device)
+            )
+        return self._model.user_features(user_cats, profile)
 
     def _adapt(self, user: Tensor, support_items: np.ndarray, ratings: np.ndarray) -> Layers:
         """``inner_steps`` SGD steps of the support MSE over the decision MLP (none without support).
