@@ -110,6 +110,9 @@ class TrainParams(_Section):
     text_projection: Literal["trained", "frozen"] = "trained"
     # the user's text profile (mean text of the items they interacted with) as model input
     user_profile: bool = True
+    # the prediction starts from the global mean plus each item's mean residual shrunk by this many
+    # pseudo-ratings toward 0 (0: no item prior)
+    item_prior: Annotated[float, Field(ge=0)] = 10.0
     # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
     nnodes: PositiveInt = 1
     rdzv_endpoint: str = ""

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.meta.batching import TaskSampler, TaskSet
 from pipeline.meta.config import TrainConfig
-from pipeline.meta.learner import MetaLearner
+from pipeline.meta.learner import MetaLearner, item_priors
 from pipeline.params import TrainParams
 from tests.meta_fixtures import synthetic_feature_set
 
@@ -301,3 +301,29 @@ def test_text_projection_is_trained_or_stays_frozen(fs, projection: str) -> None
     changed = not torch.equal(before, learner.model.text.weight)
     assert ("text.weight" in names) == changed == (projection == "trained")
     assert ("text.weight" in learner.objective.adapted) == (projection == "trained")
+
+
+def test_item_priors_by_hand() -> None:
+    """Regression: mean + sum(r - mean) / (n + shrink); binary: shrunk log-odds against the base rate."""
+    tasks = {
+        "user_index": np.array([0, 0, 1, 1, 1]),
+        "item_index": np.array([0, 1, 0, 2, 1]),
+        "rating": np.array([5.0, 3.0, 3.0, 1.0, 3.0], np.float32),
+        "is_query": np.array([False, True, False, True, True]),
+    }
+    taskset = TaskSet.from_tasks(tasks, np.zeros((2, 1), np.int64))
+    mean, prior = item_priors(taskset, 4, TrainConfig(item_prior=2.0))
+    assert mean == pytest.approx(3.0)  # (5 + 3 + 3 + 1 + 3) / 5
+    # item 0: (2 + 0) / (2 + 2); item 1: (0 + 0) / 4; item 2: -2 / (1 + 2); item 3 (no rating): 0
+    np.testing.assert_allclose(prior, [0.5, 0.0, -2 / 3, 0.0])
+    assert not item_priors(taskset, 4, TrainConfig(item_prior=0.0))[1].any()
+    labels = {**tasks, "rating": np.array([1.0, 0.0, 1.0, 0.0, 1.0], np.float32)}
+    base, logits = item_priors(
+        TaskSet.from_tasks(labels, np.zeros((2, 1), np.int64)),
+        4,
+        TrainConfig(item_prior=2.0, objective="binary"),
+    )
+    assert base == pytest.approx(np.log(0.6 / 0.4))
+    rate0 = (2 + 2 * 0.6) / (2 + 2)  # item 0: two positives of two, shrunk by 2 pseudo-ratings at 0.6
+    assert logits[0] == pytest.approx(np.log(rate0 / (1 - rate0)) - base)
+    assert logits[3] == pytest.approx(0.0)

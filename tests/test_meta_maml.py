@@ -38,6 +38,7 @@ def make_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> MeLU:
     model.set_item_features(fs.item_cats, fs.item_multi, fs.item_text)
     with torch.no_grad():
         model.global_mean.fill_(3.2)
+        model.item_prior.copy_(torch.linspace(-0.5, 0.5, DIMS.n_items + 1))  # every path must add it
         model.item_seen[: DIMS.n_items - 3] = True
     return model.to(dtype)
 

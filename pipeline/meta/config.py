@@ -49,6 +49,7 @@ class TrainConfig:
     max_restarts: int = 1
     use_text: bool = True
     user_profile: bool = True
+    item_prior: float = 10.0
     text_projection: str = "trained"
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -78,6 +79,7 @@ class TrainConfig:
             "max_restarts": self.max_restarts >= 0,
             "item_dropout": 0.0 <= self.item_dropout < 1.0,
             "objective": self.objective in OBJECTIVES,
+            "item_prior": self.item_prior >= 0,
             "text_projection": self.text_projection in TEXT_PROJECTIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -51,6 +51,31 @@ def build_model(dims: ModelDims, config: TrainConfig) -> MeLU:
     )
 
 
+def item_priors(taskset: TaskSet, n_rows: int, config: TrainConfig) -> tuple[float, np.ndarray]:
+    """The global offset and each item's prior [n_rows] from the training ratings of ``taskset``.
+
+    Regression: the mean rating, and per item ``sum(r - mean) / (count + config.item_prior)``. Binary: the
+    base rate's log-odds, and per item the log-odds of its rate shrunk toward the base rate the same way,
+    minus the base log-odds. ``config.item_prior == 0`` switches priors off (all 0).
+    """
+    items = np.concatenate([taskset.support_items, taskset.query_items])
+    ratings = np.concatenate([taskset.support_ratings, taskset.query_ratings]).astype(np.float64)
+    mean = float(ratings.mean())
+    shrink = config.item_prior
+    if config.objective == "binary":
+        rate = min(max(mean, 1e-3), 1 - 1e-3)
+        base = math.log(rate / (1 - rate))
+        if shrink == 0:
+            return base, np.zeros(n_rows)
+        p = (np.bincount(items, ratings, n_rows) + shrink * rate) / (
+            np.bincount(items, None, n_rows) + shrink
+        )
+        return base, np.log(p / (1 - p)) - base
+    if shrink == 0:
+        return mean, np.zeros(n_rows)
+    return mean, np.bincount(items, ratings - mean, n_rows) / (np.bincount(items, None, n_rows) + shrink)
+
+
 @dataclass
 class TrainState:
     """Where training stands: the next (epoch, batch), meta-steps done, the running epoch's sums, history.
@@ -130,14 +155,12 @@ class MetaLearner:
     # -- meta-training ----------------------------------------------------------------------------
 
     def sampler(self, fs: FeatureSet, users: np.ndarray | None = None) -> TaskSampler:
-        """The seeded task sampler over the tasks of ``users``; fixes the rating offset and the seen items."""
+        """The seeded task sampler over the tasks of ``users``; fixes the offsets and the seen items."""
         taskset = TaskSet.from_tasks(fs.tasks, fs.user_cats, users)
         with torch.no_grad():
-            mean = taskset.mean_rating()
-            if self.objective.binary:  # the output is a logit: start from the base rate's log-odds
-                rate = min(max(mean, 1e-3), 1 - 1e-3)
-                mean = math.log(rate / (1 - rate))
+            mean, prior = item_priors(taskset, self.model.dims.n_items + 1, self.config)
             self.model.global_mean.fill_(mean)
+            self.model.item_prior.copy_(torch.as_tensor(prior, dtype=self.model.item_prior.dtype))
             self.model.item_seen.zero_()
             self.model.item_seen[torch.as_tensor(taskset.rated_items(), device=self.device)] = True
         c = self.config

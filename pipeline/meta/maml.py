@@ -181,13 +181,16 @@ class MetaObjective:
             xs = self.model.item_features(batch.support_items, batch.support_ids)
             xq = self.model.item_features(batch.query_items, batch.query_ids)
 
+            off_s = self.model.offset(batch.support_items)
+            off_q = self.model.offset(batch.query_items)
+
             def predict_s(fast: Params, t: tuple[Tensor, ...]) -> Tensor:
-                return self._decide(fast, t[0], t[1])
+                return self._decide(fast, t[0], t[1]) + t[3]
 
             def predict_q(fast: Params, t: tuple[Tensor, ...]) -> Tensor:
-                return self._decide(fast, t[0], t[2])
+                return self._decide(fast, t[0], t[2]) + t[4]
 
-            per_task: tuple[Tensor, ...] = (xu, xs, xq)
+            per_task: tuple[Tensor, ...] = (xu, xs, xq, off_s, off_q)
         else:
             names = {n: n for n in self.adapted}
             fast0 = {n: params[n] for n in self.adapted}
@@ -246,7 +249,7 @@ class MetaObjective:
             else:
                 h = h @ w.T + b
         assert h is not None
-        return h.squeeze(-1) + self.model.global_mean
+        return h.squeeze(-1)
 
     # -- meta-gradient ----------------------------------------------------------------------------
 

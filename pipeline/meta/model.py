@@ -4,6 +4,10 @@ Item attributes (categorical codes, multi-hot genres, frozen language-model text
 so a saved model scores any known item by its index alone. Row ``n_items`` of every item table is the
 "unknown item": no attributes, and the id embedding used for items the model never trained on.
 
+The prediction starts from an offset: the global mean plus the item's prior, its shrunk mean residual
+over the training ratings (``sum(r - mean) / (count + item_prior)``; 0 for items without ratings), set
+when training starts. The MLP and the user's adaptation then learn what the biases miss.
+
 With ``user_profile`` the user side also holds a text profile: the mean text embedding of the items the
 user interacted with (the support set, plus items clicked without a rating), centred on the mean item
 text, so a user with none gets the average profile. It lets text inform a user with no ratings at all.
@@ -51,6 +55,7 @@ class MeLU(nn.Module):
     item_text: Tensor
     item_seen: Tensor
     global_mean: Tensor
+    item_prior: Tensor
     text_center: Tensor
 
     def __init__(
@@ -99,6 +104,7 @@ class MeLU(nn.Module):
         self.register_buffer("item_text", torch.zeros(n, dims.text_dim))
         self.register_buffer("item_seen", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("global_mean", torch.zeros(()))
+        self.register_buffer("item_prior", torch.zeros(n))
         self.register_buffer("text_center", torch.zeros(dims.text_dim))
 
     @property
@@ -163,8 +169,12 @@ class MeLU(nn.Module):
         user = user.unsqueeze(-2).expand(*items.shape, user.shape[-1])
         return torch.cat([user, self.item_features(items, id_rows)], dim=-1)
 
-    def decide(self, x: Tensor) -> Tensor:
-        return self.decision(x).squeeze(-1) + self.global_mean
+    def offset(self, items: Tensor) -> Tensor:
+        """Where the prediction of ``items`` starts: the global mean plus the item's prior."""
+        return self.global_mean + self.item_prior[items]
+
+    def decide(self, x: Tensor, items: Tensor) -> Tensor:
+        return self.decision(x).squeeze(-1) + self.offset(items)
 
     def forward(
         self,
@@ -175,7 +185,7 @@ class MeLU(nn.Module):
     ) -> Tensor:
         """Predicted ratings [..., S] (unclipped); ``profile`` as in :meth:`user_features`."""
         rows = self.id_rows(items) if id_rows is None else id_rows
-        return self.decide(self.features(user_cats, items, rows, profile))
+        return self.decide(self.features(user_cats, items, rows, profile), items)
 
     def adapted_names(self, adapt: str) -> list[str]:
         """Parameters updated in the inner loop: the decision MLP (MeLU), or everything trainable."""

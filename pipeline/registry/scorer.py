@@ -93,6 +93,7 @@ class Scorer:
             no_user = torch.zeros((1, len(model.dims.user_cards)), dtype=torch.long, device=learner.device)
             features = model.features(no_user, items[None], model.id_rows(items)[None])[0]
             self._items = features[:, self._n_user :].contiguous()
+            self._offsets = model.offset(items)
 
     def scores(
         self,
@@ -129,12 +130,11 @@ class Scorer:
             user = self._user_vector(torch.as_tensor(user_cats, device=self.learner.device), interacted)
             layers = self._adapt(user, support_items, support_ratings)
             device = self.learner.device
-            items = (
-                self._items
-                if query_items is None
-                else self._items[torch.as_tensor(query_items, device=device)]
+            rows = slice(None) if query_items is None else torch.as_tensor(query_items, device=device)
+            pred = (
+                self._forward(layers, user, self._items[rows], self.compression == "int8")
+                + self._offsets[rows]
             )
-            pred = self._forward(layers, user, items, self.compression == "int8") + self._model.global_mean
             pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
             return pred.float().cpu().numpy()
 
@@ -157,12 +157,13 @@ class Scorer:
         layers = list(self._base)
         if not len(support_items):
             return layers
-        items = self._items[torch.as_tensor(support_items, device=self.learner.device)]
-        y = torch.as_tensor(ratings, dtype=items.dtype, device=items.device)
+        rows = torch.as_tensor(support_items, device=self.learner.device)
+        items = self._items[rows]
+        y = torch.as_tensor(ratings, dtype=items.dtype, device=items.device) - self._offsets[rows]
         for _ in range(self.learner.config.inner_steps):
             trace: list[Tensor] = []
             pred = self._forward(layers, user, items, compressed=False, trace=trace)
-            grad = (2.0 / y.numel()) * (pred + self._model.global_mean - y)[:, None]  # d mean-square / d out
+            grad = (2.0 / y.numel()) * (pred - y)[:, None]  # d mean-square / d out (y net of the offsets)
             grads: Layers = []
             for n in reversed(range(len(layers))):
                 if self._relu[n]:
