@@ -55,6 +55,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy pipeline flows
 
+# Bad input, faults and restarts: runs the reliability tests, renders docs/reliability.md from them.
+.PHONY: reliability
+reliability: setup
+	$(BIN)/python -m tests.reliability_report --out docs/reliability.md
+
 bench: setup
 	$(BIN)/python benchmarks/meta_throughput.py --device cpu --json benchmarks/results/meta_throughput_cpu.json
 

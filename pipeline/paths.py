@@ -48,6 +48,18 @@ class Paths:
     def validation_reports(self) -> Path:
         return self.root / "reports" / "validation"
 
+    @property
+    def validated(self) -> Path:
+        """The tables that passed validation (bad ratings quarantined): what ``features`` reads."""
+        return self.root / "data" / "validated"
+
+    def validated_table(self, name: str) -> Path:
+        return self.validated / f"{name}.parquet"
+
+    @property
+    def validation_metrics(self) -> Path:
+        return self.root / "metrics" / "validation.json"
+
     # features
     @property
     def features(self) -> Path:

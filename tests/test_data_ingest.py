@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from pipeline.data import DataError, ingest, load_tables, read_tables
-from pipeline.params import Params
+from pipeline.params import Params, load_params
 from pipeline.paths import Paths
+from tests.reliability_cases import BY_FOLDER, CASES
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = DATA / "fixtures"
@@ -149,57 +150,31 @@ def test_ingest_leaves_raw_input_untouched_and_no_temp_files(tmp_path: Path) -> 
     ]
 
 
-BAD_CASES = {
-    # folder: (params, file, row, column, rule fragment)
-    "atomic-missing-column": ({}, "tiny.inter", 1, "rating", "missing column(s) rating"),
-    "atomic-wrong-delimiter": ({}, "tiny.inter", 1, "item_id", "missing column(s) item_id, rating"),
-    "atomic-not-a-number": ({}, "tiny.inter", 7, "rating", "not a number ('abc')"),
-    "atomic-empty-file": ({}, "tiny.inter", None, None, "empty file"),
-    "atomic-header-only": ({}, "tiny.inter", None, None, "header only"),
-    "atomic-truncated-last-line": ({}, "tiny.inter", 16, "rating", "truncated last line"),
-    "atomic-invalid-encoding": ({}, "tiny.item", 3, None, "invalid utf-8 byte 0xe9"),
-    "atomic-binary-garbage": ({}, "tiny.inter", 5, None, "binary content (NUL byte)"),
-    "atomic-duplicate-item": ({}, "tiny.item", 5, "item_id", "duplicate id '3' (first on line 4)"),
-    "atomic-bad-field-type": ({}, "tiny.inter", 1, "rating", "got 'number'"),
-    "ml100k-wrong-delimiter": ({}, "u.data", 1, "item_id", "expected 4 tab-separated fields, got 1"),
-    "ml100k-duplicate-user": ({}, "u.user", 4, "user_id", "duplicate id '2' (first on line 2)"),
-    "ml100k-bad-genre-flag": ({}, "u.item", 2, "genre:Comedy", "genre flag must be 0 or 1 ('x')"),
-    "ml100k-age-not-a-number": ({}, "u.user", 3, "age", "not a number ('eighteen')"),
-    "ml1m-unknown-occupation": (
-        {"source": "movielens-1m"},
-        "users.dat",
-        2,
-        "occupation",
-        "unknown occupation",
-    ),
-    "ml1m-extra-field": (
-        {"source": "movielens-1m"},
-        "ratings.dat",
-        4,
-        None,
-        "expected 4 '::'-separated fields",
-    ),
-}
+INGEST_CASES = {case.folder: case for case in CASES if case.stage == "ingest" and case.source != "archive"}
 
 
 def test_every_bad_fixture_has_a_case() -> None:
-    assert sorted(p.name for p in BAD.iterdir()) == sorted(BAD_CASES)
+    assert sorted(p.name for p in BAD.iterdir()) == sorted(BY_FOLDER)
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_input_raises_data_error_naming_file_row_column_rule(case: str, tmp_path: Path) -> None:
-    extra, file, row, column, rule = BAD_CASES[case]
-    params = make_params(path=str(BAD / case), name="tiny", **extra)
+@pytest.mark.parametrize("folder", sorted(INGEST_CASES))
+def test_bad_input_raises_data_error_naming_file_row_column_rule(folder: str, tmp_path: Path) -> None:
+    case = INGEST_CASES[folder]
+    params = load_params(None, case.overrides())
     paths = Paths(tmp_path)
     with pytest.raises(DataError) as caught:
         ingest(params, paths)
     err = caught.value
-    assert (Path(err.file).name, err.row, err.column) == (file, row, column)
-    assert rule in err.rule
-    assert str(err).startswith(
-        file + (f" line {row}" if row else "") + (f", column {column}" if column else "")
-    )
+    assert (Path(err.file).name, err.row, err.column) == (case.file, case.row, case.column)
+    assert case.rule in err.rule
+    assert str(err).startswith(case.location() + ": ")
     assert not paths.ingested.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("folder", sorted(f for f, c in BY_FOLDER.items() if c.stage == "validate"))
+def test_bad_rows_that_validate_rejects_are_ingested_as_they_are(folder: str, tmp_path: Path) -> None:
+    counts = ingest(load_params(None, BY_FOLDER[folder].overrides()), Paths(tmp_path))
+    assert counts["ratings"] in (13, 15)
 
 
 def test_data_error_message_format_and_pickling() -> None:
@@ -216,7 +191,9 @@ def test_data_error_message_format_and_pickling() -> None:
 
 
 def test_files_over_the_size_limit_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"u\.data: file is .* larger than data\.max_file_mb=0\.0001"):
+    with pytest.raises(
+        DataError, match=r"u\.data: file is 240 bytes, larger than data\.max_file_mb=0\.0001 \(104"
+    ):
         read_tables(make_params(path=str(FIXTURES / "ml-100k"), max_file_mb=0.0001), Paths(tmp_path))
 
 

@@ -52,7 +52,7 @@ def _tables() -> dict[str, pd.DataFrame]:
 
 def _write(paths: Paths, tables: dict[str, pd.DataFrame]) -> None:
     for name, frame in tables.items():
-        write_parquet(frame, paths.table(name))
+        write_parquet(frame, paths.validated_table(name))
 
 
 def test_tiny_build_round_trips_and_reuses_the_cache(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_same_seed_same_tasks_other_seed_other_tasks(tmp_path: Path) -> None:
 
 def test_missing_table_and_unknown_ids_are_named(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"ratings\.parquet not found: run the ingest stage"):
+    with pytest.raises(FileNotFoundError, match=r"ratings\.parquet not found: run the validate stage"):
         build_features(Params(), paths)
     tables = _tables()
     tables["ratings"].loc[4, "item_id"] = "zz"

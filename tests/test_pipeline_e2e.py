@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.params import load_params
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-SMOKE = [
-    "data.source=synthetic",
-    "data.synthetic.n_users=60",
-    "data.synthetic.n_items=40",
-    "data.synthetic.min_ratings=15",
-    "data.synthetic.max_ratings=30",
-    "features.query_size=5",
-    "train.epochs=2",
-    "train.meta_batch=8",
-    "train.inner_steps=2",
-    "train.query_size=5",
-    "eval.folds=2",
-    "eval.support_size=5",
-]
+from tests.project import BIN, SMOKE, make_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
-
-
-def _sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
-
-
-def make_project(root: Path) -> Path:
-    """A fresh git + DVC repo holding the pipeline definition and the code its stages depend on."""
-    root.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for folder in ("pipeline", "feedback"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    _sh("git", "init", "-q", cwd=root)
-    _sh(str(BIN / "dvc"), "init", "-q", cwd=root)
-    return root
 
 
 @pytest.fixture
@@ -59,10 +19,6 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     yield uri
-
-
-def _stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_flow_runs_every_stage_and_leaves_dvc_clean(
@@ -84,8 +40,8 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(
     assert load_params(root / "params.yaml").data.source == "synthetic"  # overrides recorded for DVC
 
     # The flow and `dvc repro` share one cache: nothing is left to reproduce.
-    assert "up to date" in _sh(str(BIN / "dvc"), "status", cwd=root)
-    assert _stages_run(_sh(str(BIN / "dvc"), "repro", cwd=root)) == []
+    assert "up to date" in sh(str(BIN / "dvc"), "status", cwd=root)
+    assert stages_run(sh(str(BIN / "dvc"), "repro", cwd=root)) == []
 
     import mlflow
 
@@ -107,7 +63,7 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
 
     root = make_project(tmp_path / "project")
     write_overrides(root / "params.yaml", SMOKE)
-    ran = _stages_run(_sh(str(BIN / "dvc"), "repro", cwd=root))
+    ran = stages_run(sh(str(BIN / "dvc"), "repro", cwd=root))
     assert ran == ["ingest", "validate", "features", "train", "evaluate", "register"]
     first = json.loads((root / "reports" / "registration.json").read_text())
 

@@ -71,7 +71,8 @@ def test_rating_out_of_range(tiny: Paths) -> None:
     found, message = failures_of(tiny)
     assert found == {("ratings", "rating", "expect_column_values_to_be_between")}
     assert message.splitlines()[1].strip() == (
-        "ratings.rating: expect_column_values_to_be_between [1.0, 5.0] failed for 2 of 15 rows, e.g. 7.0, 0.0"
+        "ratings.parquet rows 2, 9, column rating: expect_column_values_to_be_between [1.0, 5.0] failed for "
+        "2 of 15 rows, e.g. 7.0, 0.0"
     )
 
 
@@ -79,7 +80,10 @@ def test_duplicate_pair(tiny: Paths) -> None:
     edit(tiny, "ratings", lambda r: pd.concat([r, r.iloc[[4]].assign(rating=2.0)], ignore_index=True))
     found, message = failures_of(tiny)
     assert found == {("ratings", "user_id,item_id", "expect_compound_columns_to_be_unique")}
-    assert "failed for 2 of 16 rows, e.g. (user_id='2', item_id='4')" in message
+    assert (
+        "ratings.parquet rows 4, 15, columns user_id, item_id: expect_compound_columns_to_be_unique "
+        "failed for 2 of 16 rows, e.g. (user_id='2', item_id='4')"
+    ) in message
 
 
 def test_unknown_item(tiny: Paths) -> None:
@@ -90,7 +94,10 @@ def test_unknown_item(tiny: Paths) -> None:
     edit(tiny, "ratings", plant)
     found, message = failures_of(tiny)
     assert found == {("ratings", "item_id", "expect_column_values_to_be_in_set")}
-    assert "ratings.item_id: expect_column_values_to_be_in_set failed for 1 of 15 rows, e.g. '999'" in message
+    assert (
+        "ratings.parquet row 3, column item_id: expect_column_values_to_be_in_set failed for 1 of 15 rows, "
+        "e.g. '999'"
+    ) in message
 
 
 def test_null_rating(tiny: Paths) -> None:
@@ -101,7 +108,10 @@ def test_null_rating(tiny: Paths) -> None:
     edit(tiny, "ratings", plant)
     found, message = failures_of(tiny)
     assert found == {("ratings", "rating", "expect_column_values_to_not_be_null")}
-    assert "ratings.rating: expect_column_values_to_not_be_null failed for 1 of 15 rows, e.g. null" in message
+    assert (
+        "ratings.parquet row 6, column rating: expect_column_values_to_not_be_null failed for 1 of 15 rows, "
+        "e.g. null"
+    ) in message
 
 
 def test_schema_defects(tiny: Paths) -> None:
@@ -115,13 +125,21 @@ def test_schema_defects(tiny: Paths) -> None:
         ("ratings", "rating", "expect_column_values_to_be_between"),
         ("users", "user_id", "expect_column_values_to_be_unique"),
     }
-    assert "ratings: expect_table_columns_to_match_set failed: observed (missing=['timestamp'])" in message
     assert (
-        "ratings.timestamp: expect_column_values_to_be_of_type could not run: column not in the table"
+        "ratings.parquet: expect_table_columns_to_match_set failed: observed (missing=['timestamp'])"
         in message
     )
-    assert "ratings.rating: expect_column_values_to_be_of_type failed: observed 'str'" in message
-    assert "users.user_id: expect_column_values_to_be_unique failed for 2 of 6 rows, e.g. '1'" in message
+    assert (
+        "ratings.parquet, column timestamp: expect_column_values_to_be_of_type could not run: "
+        "column not in the table"
+    ) in message
+    assert (
+        "ratings.parquet, column rating: expect_column_values_to_be_of_type failed: observed 'str'" in message
+    )
+    assert (
+        "users.parquet rows 0, 5, column user_id: expect_column_values_to_be_unique failed for 2 of 6 rows, "
+        "e.g. '1'"
+    ) in message
     saved = json.loads((tiny.validation_reports / "result.json").read_text())
     assert saved["success"] is False and len(saved["failures"]) == 5
     assert (tiny.validation_reports / "docs" / "index.html").is_file()  # docs are written on failure too
@@ -131,7 +149,10 @@ def test_extra_item_columns_must_be_text(tiny: Paths) -> None:
     edit(tiny, "items", lambda i: i.assign(in_stock=True))
     found, message = failures_of(tiny)
     assert found == {("items", "in_stock", "expect_column_values_to_be_of_type")}
-    assert "items.in_stock: expect_column_values_to_be_of_type failed: observed 'bool'" in message
+    assert (
+        "items.parquet, column in_stock: expect_column_values_to_be_of_type failed: observed 'bool'"
+        in message
+    )
 
 
 def plant_four_bad_rows(paths: Paths) -> pd.DataFrame:
@@ -149,6 +170,7 @@ def plant_four_bad_rows(paths: Paths) -> pd.DataFrame:
 
 def test_quarantine_moves_exactly_the_bad_rows(tiny: Paths) -> None:
     planted = plant_four_bad_rows(tiny)
+    ingested = {name: tiny.table(name).read_bytes() for name in ("ratings", "users", "items")}
     report = validate(tiny_params(on_error="quarantine", max_bad_fraction=0.25), tiny)
     assert report.success and report.quarantined == 4
     assert report.quarantine_reasons == {
@@ -173,10 +195,20 @@ def test_quarantine_moves_exactly_the_bad_rows(tiny: Paths) -> None:
         "null rating",
         "unknown item_id",
     ]
-    kept = pd.read_parquet(tiny.table("ratings"))
+    kept = pd.read_parquet(tiny.validated_table("ratings"))
     pd.testing.assert_frame_equal(kept, planted.drop(index=[0, 2, 3, 4]).reset_index(drop=True))
     assert kept.iloc[-1]["timestamp"] == 880009999  # the newer rating of the re-rated pair stays
     assert json.loads((tiny.validation_reports / "result.json").read_text())["quarantined"] == 4
+    assert json.loads(tiny.validation_metrics.read_text()) == {
+        "expectations": 31,
+        "quarantined": 4,
+        "quarantined_fraction": 0.25,
+        "ratings": 16,
+    }
+    # ingest's output (another stage's DVC out) is never rewritten; users and items pass through as they are
+    assert {name: tiny.table(name).read_bytes() for name in ingested} == ingested
+    for name in ("users", "items"):
+        assert tiny.validated_table(name).read_bytes() == ingested[name]
 
 
 def test_quarantine_refuses_when_too_many_rows_are_bad(tiny: Paths) -> None:
@@ -188,6 +220,7 @@ def test_quarantine_refuses_when_too_many_rows_are_bad(tiny: Paths) -> None:
         validate(tiny_params(on_error="quarantine", max_bad_fraction=0.2), tiny)
     assert tiny.table("ratings").read_bytes() == before
     assert not (tiny.quarantine / "ratings.parquet").exists()
+    assert not tiny.validated.exists() and not tiny.validation_metrics.exists()
 
 
 def test_quarantine_cannot_cure_table_level_defects(tiny: Paths) -> None:
@@ -196,12 +229,24 @@ def test_quarantine_cannot_cure_table_level_defects(tiny: Paths) -> None:
     found, _ = failures_of(tiny, tiny_params(on_error="quarantine", max_bad_fraction=0.5))
     assert ("items", "item_id", "expect_column_values_to_be_unique") in found
     assert len(pd.read_parquet(tiny.table("ratings"))) == 16
+    assert not tiny.validated.exists() and not (tiny.quarantine / "ratings.parquet").exists()
 
 
 def test_clean_data_in_quarantine_mode_quarantines_nothing(tiny: Paths) -> None:
     report = validate(tiny_params(on_error="quarantine"), tiny)
     assert report.success and report.quarantined == 0
     assert len(pd.read_parquet(tiny.quarantine / "ratings.parquet")) == 0
+    for name in ("ratings", "users", "items"):
+        assert tiny.validated_table(name).read_bytes() == tiny.table(name).read_bytes()
+
+
+def test_a_failed_validation_keeps_the_previous_validated_tables(tiny: Paths) -> None:
+    validate(tiny_params(), tiny)
+    published = {p.name: p.read_bytes() for p in tiny.validated.iterdir()}
+    plant_four_bad_rows(tiny)
+    failures_of(tiny)
+    assert {p.name: p.read_bytes() for p in tiny.validated.iterdir()} == published
+    assert not [p for p in tiny.validated.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pipeline.data.movielens import read_ml1m, read_ml100k
 from pipeline.data.schema import TABLES, Tables
 from pipeline.data.source import dataset_name, locate
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.io import write_parquet
+from pipeline.io import atomic_dir
 from pipeline.params import Params
 from pipeline.paths import Paths
 
@@ -45,21 +45,26 @@ def read_tables(params: Params, paths: Paths) -> Tables:
 
 
 def ingest(params: Params, paths: Paths) -> dict[str, int]:
-    """Write ``paths.table(t)`` for t in ratings, users, items; return the row count of each."""
+    """Write ``paths.table(t)`` for t in ratings, users, items; return the row count of each.
+
+    The three tables are written into a temporary folder that replaces ``paths.ingested`` only when all
+    are written: a failure leaves the previous complete set (or none), never a mix.
+    """
     tables = read_tables(params, paths)
     # feedback loop: the stored feedback batches (paths.feedback) join the source's ratings
     from pipeline.feedback.merge import merge_feedback  # it reads files with this package's readers
 
     tables = merge_feedback(tables, paths.feedback)
     counts: dict[str, int] = {}
-    for name in TABLES:
-        table: pd.DataFrame = getattr(tables, name)
-        write_parquet(table, paths.table(name))
-        counts[name] = len(table)
+    with atomic_dir(paths.ingested) as staging:
+        for name in TABLES:
+            table: pd.DataFrame = getattr(tables, name)
+            table.to_parquet(staging / paths.table(name).name, index=False)
+            counts[name] = len(table)
     logger.info("ingested %s", ", ".join(f"{n} {name}" for name, n in counts.items()))
     return counts
 
 
 def load_tables(paths: Paths) -> Tables:
-    """The ingested tables as written by :func:`ingest` (after ``validate`` when it quarantined rows)."""
+    """The ingested tables as written by :func:`ingest` (``validate`` never rewrites them)."""
     return Tables(*(pd.read_parquet(paths.table(name)) for name in TABLES))

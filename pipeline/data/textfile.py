@@ -59,11 +59,10 @@ class Table:
 def check_size(path: Path, max_mb: float) -> None:
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    size_mb = path.stat().st_size / 2**20
-    if size_mb > max_mb:
-        raise DataError(
-            path, None, None, f"file is {size_mb:.1f} MB, larger than data.max_file_mb={max_mb:g}"
-        )
+    size, limit = path.stat().st_size, int(max_mb * 2**20)
+    if size > limit:
+        rule = f"file is {size:,} bytes, larger than data.max_file_mb={max_mb:g} ({limit:,} bytes)"
+        raise DataError(path, None, None, rule)
 
 
 def read_text(path: Path, encoding: str, max_mb: float) -> str:

@@ -89,14 +89,14 @@ def compute_features(
 
 
 def _read_table(paths: Paths, name: str) -> pd.DataFrame:
-    path = paths.table(name)
+    path = paths.validated_table(name)
     if not path.exists():
-        raise FileNotFoundError(f"ingested table {path} not found: run the ingest stage first")
+        raise FileNotFoundError(f"validated table {path} not found: run the validate stage first")
     return pd.read_parquet(path)
 
 
 def build_features(params: Params, paths: Paths) -> FeatureSet:
-    """Read the ingested tables, build the feature set and write it atomically to ``paths.features``."""
+    """Read the validated tables, build the feature set and write it atomically to ``paths.features``."""
     start = time.perf_counter()
     tables = {name: _read_table(paths, name) for name in ("ratings", "users", "items")}
     fs, n_encoded = compute_features(
@@ -105,7 +105,11 @@ def build_features(params: Params, paths: Paths) -> FeatureSet:
         tables["items"],
         params,
         paths.embedding_cache,
-        sources=(str(paths.table("ratings")), str(paths.table("users")), str(paths.table("items"))),
+        sources=(
+            str(paths.validated_table("ratings")),
+            str(paths.validated_table("users")),
+            str(paths.validated_table("items")),
+        ),
     )
     with atomic_dir(paths.features) as tmp:
         save_feature_set(fs, tmp)

@@ -6,24 +6,34 @@ p < ``register.max_p`` (:mod:`pipeline.registry.gate`); otherwise it becomes ``c
 carries lineage tags (git commit, dataset hash, params hash, fold protocol, metrics per scenario), a
 model card, and the served model's accuracy and latency with and without compression. Aliases only:
 registry stages are deprecated.
+
+Registration is idempotent: the run carries a ``registration_key`` tag (model fingerprint, params digest,
+dataset hash, evaluation digest), and a rerun with the same key reuses that run's model version instead of
+adding one. An http(s) tracking server is checked first, so that a server that is down fails the stage at
+once, with the tracking URI named, before any work is done.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipeline.features.store import load_feature_set
@@ -43,7 +53,7 @@ from pipeline.registry.gate import (
     decide,
     evidence,
 )
-from pipeline.registry.promote import alias_version, promote
+from pipeline.registry.promote import PREVIOUS_CHAMPION, alias_version, promote
 from pipeline.registry.pyfunc import COMPRESSION_KEY, MODEL_ARTIFACT, VOCAB_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,13 @@ log = logging.getLogger(__name__)
 CV_ARTIFACT = "metrics/cv.json"
 MODEL_CARD = "model_card.md"
 FOLD_PROTOCOL_TAG = "fold_protocol"
+KEY_TAG = "registration_key"
+GATE_TAG = "gate"
+"""Set last: a version with this tag finished registering."""
+REGISTRATION_ARTIFACT = "registration.json"
+SERVER_SCHEMES = ("http", "https", "databricks")
+"""Tracking URIs served by a server, which chooses where artifacts go."""
+HEALTH_TIMEOUT_S = 10.0
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic", "safetensors", "tqdm")
 """What the served model imports (the pyfunc, the meta-learner, the user encoder)."""
 SERVED_MODEL = Path(__file__).with_name("served_model.py")
@@ -61,6 +78,40 @@ PACKAGE = Path(__file__).resolve().parents[1]
 def tracking_uri(paths: Paths) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the project's sqlite store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db.resolve()}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a password (credentials belong in ``MLFLOW_TRACKING_PASSWORD``, not in URIs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer; the message names its URI."""
+
+
+def check_tracking_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """For an http(s) tracking URI, ask the server's ``/health`` once; raise :class:`TrackingUnavailable`
+    when nothing answers (instead of MLflow's minutes of retries). Any HTTP answer counts as up; the
+    health check needs no credentials, so any user info in the URI is left out of it."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {redact(uri)} is not reachable ({reason}); start it or point "
+            "MLFLOW_TRACKING_URI at a running one, then run register again (it registers once)"
+        ) from None
 
 
 @contextmanager
@@ -181,23 +232,58 @@ def pyfunc_spec(paths: Paths, compression: str = "none") -> dict[str, Any]:
     }
 
 
-def _experiment_id(client: MlflowClient, name: str, artifacts: Path) -> str:
-    location = artifacts.resolve().as_uri()
+def model_fingerprint(folder: Path) -> str:
+    """sha256 over the names and bytes of the files of the model folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def registration_key(model_sha256: str, params_hash: str, data_hash: str, cv_sha256: str) -> str:
+    """What makes two registrations the same: the trained model, the params, the data and the evaluation
+    the gate reads (``cv.json``)."""
+    parts = {"model": model_sha256, "params": params_hash, "data": data_hash, "evaluation": cv_sha256}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def registered_version(client: MlflowClient, experiment: str, name: str, key: str) -> ModelVersion | None:
+    """The version of ``name`` logged by a run of ``experiment`` tagged with ``key``, if any."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.{KEY_TAG} = '{key}'")
+    for run in runs:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+        if versions:
+            return min(versions, key=lambda v: int(v.version))
+    return None
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str, artifacts: Path) -> str:
+    """The experiment's id (created if needed). Its artifacts go to ``artifacts`` for a local store; a
+    tracking server chooses the place itself (``--artifacts-destination``)."""
+    served = urlsplit(uri).scheme in SERVER_SCHEMES
+    location = None if served else artifacts.resolve().as_uri()
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, artifact_location=location)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
-    if experiment.artifact_location != location:
+    if location is not None and experiment.artifact_location != location:
         log.warning(
             "experiment %r keeps its artifacts in %s, not %s", name, experiment.artifact_location, location
         )
     return experiment.experiment_id
 
 
-def champion_evidence(client: MlflowClient, uri: str, name: str, metric: str) -> Evidence | None:
-    """The gate's view of the champion's ``cv.json`` (logged with its run); None when it cannot be read."""
-    champion = client.get_model_version_by_alias(name, CHAMPION)
+def champion_evidence(
+    client: MlflowClient, uri: str, name: str, metric: str, alias: str = CHAMPION
+) -> Evidence | None:
+    """The gate's view of the ``cv.json`` (logged with its run) of the version ``alias`` points at; None
+    when it cannot be read."""
+    champion = client.get_model_version_by_alias(name, alias)
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=champion.run_id, artifact_path=CV_ARTIFACT, tracking_uri=uri
@@ -214,61 +300,123 @@ def _require(path: Path, stage: str) -> Path:
     return path
 
 
-def _gate(client: MlflowClient, uri: str, params: Params, new: Evidence) -> GateDecision:
+def _gate(client: MlflowClient, uri: str, params: Params, new: Evidence, version: int) -> GateDecision:
+    """Gate ``version`` against the champion; against the one before, when an interrupted registration of
+    this same version had already made it the champion."""
     cfg = params.register
-    champion = alias_version(client, cfg.model_name, CHAMPION)
-    old = champion_evidence(client, uri, cfg.model_name, cfg.gate_metric) if champion is not None else None
+    alias = CHAMPION
+    champion = alias_version(client, cfg.model_name, alias)
+    if champion == version:
+        alias = PREVIOUS_CHAMPION
+        champion = alias_version(client, cfg.model_name, alias)
+    old = None
+    if champion is not None:
+        old = champion_evidence(client, uri, cfg.model_name, cfg.gate_metric, alias)
     metric = f"{GATE_SCENARIO}.{META_MODEL}.{cfg.gate_metric}"
     return decide(new, old, champion, metric, cfg.min_improvement, cfg.max_p)
 
 
 def register(params: Params, paths: Paths) -> dict[str, Any]:
-    """Log params, CV metrics, lineage, model card and serving report; register; gate the aliases."""
+    """Log params, CV metrics, lineage, model card and serving report; register; gate the aliases.
+
+    Checks an http(s) tracking server first. A model, params, data and evaluation registered before give
+    back that registration (``reports/registration.json`` as it was) instead of a new version; one whose
+    registration was interrupted after its version was created is finished.
+    """
     cfg = params.register
     _require(paths.model, "train")
-    vocab_path = _require(paths.features / "vocab.json", "features")
+    _require(paths.features / "vocab.json", "features")
     cv_path = _require(paths.cv_metrics, "evaluate")
     cv = read_json(cv_path)
     metrics = cv_metrics(cv, cv_path)
     new = evidence(cv, cfg.gate_metric, cv_path)
-    gate_key = f"{GATE_SCENARIO}.{META_MODEL}.{cfg.gate_metric}"
+    uri = tracking_uri(paths)
+    check_tracking_server(uri)
     lineage = {
         "git_commit": git_commit(paths.root),
         "dataset_hash": dataset_hash(paths),
         "params_hash": params.digest(),
     }
+    key = registration_key(
+        model_fingerprint(paths.model),
+        lineage["params_hash"],
+        lineage["dataset_hash"],
+        hashlib.sha256(cv_path.read_bytes()).hexdigest(),
+    )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        existing = registered_version(client, cfg.experiment, cfg.model_name, key)
+        if existing is not None and GATE_TAG in existing.tags:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=existing.run_id, artifact_path=REGISTRATION_ARTIFACT, tracking_uri=uri
+            )
+            registration: dict[str, Any] = read_json(Path(local))
+            log.info(
+                "%s version %s holds this model, params, data and evaluation (run %s): not registered again",
+                cfg.model_name,
+                existing.version,
+                existing.run_id,
+            )
+        else:
+            registration = _register(params, paths, client, uri, existing, key, lineage, cv, metrics, new)
+    except MlflowException as exc:
+        first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
+        raise RuntimeError(f"MLflow at {redact(uri)}: {first}") from exc
+    write_json(registration, paths.registration)
+    return registration
+
+
+def _register(
+    params: Params,
+    paths: Paths,
+    client: MlflowClient,
+    uri: str,
+    existing: ModelVersion | None,
+    key: str,
+    lineage: dict[str, str],
+    cv: dict[str, Any],
+    metrics: dict[str, float],
+    new: Evidence,
+) -> dict[str, Any]:
+    """Log and register a new version (or take ``existing``, whose registration was interrupted), tag it,
+    gate it; the registration record is logged with the run before the version's ``gate`` tag, which
+    marks the registration finished."""
+    cfg = params.register
     learner = MetaLearner.load(paths.model, device="cpu")
     serving = serving_report(
         learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users
     )
-    card = model_card(params, cv, read_json(vocab_path), lineage, new.protocol, serving)
+    card = model_card(params, cv, read_json(paths.features / "vocab.json"), lineage, new.protocol, serving)
     tags = {**lineage, FOLD_PROTOCOL_TAG: new.protocol, "compression": cfg.compression}
+    served = {k: v for k, v in serving.items() if not isinstance(v, str)}
 
-    uri = tracking_uri(paths)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with _tracking(uri):
-        experiment_id = _experiment_id(client, cfg.experiment, paths.mlflow_artifacts)
-        run_name = f"register-{lineage['params_hash'][:8]}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-            mlflow.log_params(flatten(params.to_dict()))
-            mlflow.log_metrics({**metrics, **{k: v for k, v in serving.items() if not isinstance(v, str)}})
-            mlflow.set_tags(tags)
-            mlflow.log_artifact(str(cv_path), artifact_path=Path(CV_ARTIFACT).parent.as_posix())
-            mlflow.log_text(card, MODEL_CARD)
-            info = mlflow.pyfunc.log_model(
-                name="model", registered_model_name=cfg.model_name, **pyfunc_spec(paths, cfg.compression)
-            )
-    version = str(info.registered_model_version)
-    meta_metrics = {key: value for key, value in metrics.items() if key.split(".")[1] == META_MODEL}
-    for key, value in {**tags, **meta_metrics}.items():
-        client.set_model_version_tag(cfg.model_name, version, key, str(value))
+    if existing is None:
+        with _tracking(uri):
+            experiment_id = _experiment_id(client, cfg.experiment, uri, paths.mlflow_artifacts)
+            run_name = f"register-{lineage['params_hash'][:8]}"
+            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+                mlflow.set_tags({**tags, KEY_TAG: key})
+                mlflow.log_params(flatten(params.to_dict()))
+                mlflow.log_metrics({**metrics, **served})
+                mlflow.log_artifact(str(paths.cv_metrics), artifact_path=Path(CV_ARTIFACT).parent.as_posix())
+                mlflow.log_text(card, MODEL_CARD)
+                info = mlflow.pyfunc.log_model(
+                    name="model", registered_model_name=cfg.model_name, **pyfunc_spec(paths, cfg.compression)
+                )
+        version, run_id = str(info.registered_model_version), run.info.run_id
+    else:
+        version, run_id = str(existing.version), str(existing.run_id)
+        log.warning("finishing the interrupted registration of %s version %s", cfg.model_name, version)
+    meta_metrics = {k: value for k, value in metrics.items() if k.split(".")[1] == META_MODEL}
+    for k, value in {**tags, **meta_metrics}.items():
+        client.set_model_version_tag(cfg.model_name, version, k, str(value))
 
-    decision = _gate(client, uri, params, new)
+    decision = _gate(client, uri, params, new, int(version))
     if decision.alias == CHAMPION:
         promote(client, cfg.model_name, int(version), f"gate: {decision.reason}")
     else:
         client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
-    client.set_model_version_tag(cfg.model_name, version, "gate", f"{decision.alias}: {decision.reason}")
+    gate_key = f"{GATE_SCENARIO}.{META_MODEL}.{cfg.gate_metric}"
     client.update_model_version(
         cfg.model_name, version, description=f"{gate_key} {new.mean:.4f}; {decision.reason}"
     )
@@ -278,14 +426,16 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
         "name": cfg.model_name,
         "version": int(version),
         "alias": decision.alias,
-        "run_id": run.info.run_id,
+        "run_id": run_id,
         "model_uri": f"models:/{cfg.model_name}/{version}",
         "previous_champion": decision.champion_version,
         "gate": decision.to_dict(),
         "serving": serving,
         "fold_protocol": new.protocol,
-        "tracking_uri": uri,
+        "tracking_uri": redact(uri),
+        "registration_key": key,
         **lineage,
     }
-    write_json(registration, paths.registration)
+    client.log_dict(run_id, registration, REGISTRATION_ARTIFACT)
+    client.set_model_version_tag(cfg.model_name, version, GATE_TAG, f"{decision.alias}: {decision.reason}")
     return registration

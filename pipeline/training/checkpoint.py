@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "step-"
 FILES = ("weights.safetensors", "optimizer.pt", "state.json")
 MANIFEST = "manifest.json"
+MIN_KEEP = 2
+"""A corrupted newest checkpoint always leaves a previous one to resume from."""
 
 
 @dataclass
@@ -50,11 +54,14 @@ def sha256_file(path: Path) -> str:
 def save_checkpoint(
     folder: Path, learner: MetaLearner, state: TrainState, fingerprint: str, keep: int = 3
 ) -> Path:
-    """Write the checkpoint of ``state.step`` atomically, then drop all but the newest ``keep``.
+    """Write the checkpoint of ``state.step`` atomically, then drop all but the newest ``keep`` (at least
+    :data:`MIN_KEEP`).
 
     Only rank 0 writes, one checkpoint at a time, so a hidden ``.step-*`` folder found here is the
     leftover of a writer that was killed mid-write, and is removed.
     """
+    if keep < MIN_KEEP:
+        raise ValueError(f"keep={keep}: keep at least {MIN_KEEP} checkpoints, so a bad one has a fallback")
     target = Path(folder) / f"{PREFIX}{state.step:08d}"
     if Path(folder).is_dir():
         for stale in Path(folder).glob(f".{PREFIX}*"):
@@ -98,7 +105,8 @@ def verify(path: Path) -> str | None:
 
 
 def load_latest(folder: Path, fingerprint: str, device: torch.device) -> Checkpoint | None:
-    """The newest valid checkpoint of this run (same fingerprint), or None; bad ones are warned about."""
+    """The newest valid checkpoint of this run (same fingerprint), or None; bad ones (checksum mismatch,
+    another run's, or not loadable by the weights-only unpickler) are warned about and skipped."""
     for path in _candidates(folder):
         problem = verify(path)
         if problem is None:
@@ -108,10 +116,21 @@ def load_latest(folder: Path, fingerprint: str, device: torch.device) -> Checkpo
         if problem is not None:
             logger.warning("checkpoint %s skipped: %s", path, problem)
             continue
-        extra = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+        try:
+            extra = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+            tensors = load_file(str(path / "weights.safetensors"), device=str(device))
+        except (pickle.UnpicklingError, SafetensorError, RuntimeError, OSError, KeyError) as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+            logger.warning(
+                "checkpoint %s skipped: not loadable without pickle (%s: %s)",
+                path,
+                type(exc).__name__,
+                reason,
+            )
+            continue
         return Checkpoint(
             path=path,
-            tensors=load_file(str(path / "weights.safetensors"), device=str(device)),
+            tensors=tensors,
             optimizer=extra["optimizer"],
             torch_rng=extra["torch_rng"].cpu(),
             state=TrainState.from_dict(meta["train_state"]),

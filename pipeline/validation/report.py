@@ -12,7 +12,10 @@ MAX_EXAMPLES = 5
 
 @dataclass(frozen=True)
 class ExpectationFailure:
-    """One failed expectation: where, which, how many rows and a few of the offending values."""
+    """One failed expectation: where, which, how many rows and a few of the offending values.
+
+    ``rows`` are 0-based row numbers of the table's parquet file (the first few that fail).
+    """
 
     table: str
     column: str | None
@@ -23,10 +26,22 @@ class ExpectationFailure:
     examples: tuple[Any, ...] = ()
     observed: Any = None
     error: str | None = None
+    rows: tuple[int, ...] = ()
+
+    def where(self) -> str:
+        """``ratings.parquet rows 2, 9, column rating``: the file (table), rows and column at fault."""
+        where = f"{self.table}.parquet"
+        if self.rows:
+            more = ", ..." if (self.unexpected_count or 0) > len(self.rows) else ""
+            label = "rows" if len(self.rows) > 1 else "row"
+            where += f" {label} {', '.join(str(r) for r in self.rows)}{more}"
+        if self.column:
+            columns = self.column.split(",")
+            where += f", column{'s' if len(columns) > 1 else ''} {', '.join(columns)}"
+        return where
 
     def line(self) -> str:
-        where = f"{self.table}.{self.column}" if self.column else self.table
-        head = f"{where}: {self.expectation}" + (f" {self.detail}" if self.detail else "")
+        head = f"{self.where()}: {self.expectation}" + (f" {self.detail}" if self.detail else "")
         if self.error is not None:
             return f"{head} could not run: {self.error}"
         if self.unexpected_count is not None:

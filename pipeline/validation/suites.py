@@ -1,7 +1,8 @@
 """The Great Expectations 1.x suites for the three ingested tables, and one checkpoint that runs them.
 
-Each table is a parquet asset of a pandas filesystem datasource over ``paths.ingested``, so the suite
-checks exactly the files the next stage will read. The contexts are ephemeral: nothing GX-specific is
+Each table is a parquet asset of a pandas filesystem datasource over a folder of table files (the
+ingested tables; after quarantine, the validated ones before they are published), so the suite checks
+exactly the files the next stage will read. The contexts are ephemeral: nothing GX-specific is
 kept between runs except the JSON result and the data docs this module renders.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
 from great_expectations.data_context.store.store import DataDocsSiteConfigTypedDict
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -131,6 +133,8 @@ def _failure(table: str, outcome: Any, missing_columns: set[str]) -> Expectation
         value = None if isinstance(value, float) and math.isnan(value) else value
         if value not in examples and len(examples) < MAX_EXAMPLES:
             examples.append(value)
+    indexes = result.get("partial_unexpected_index_list") or []
+    rows = tuple(int(r) for r in indexes if isinstance(r, int | np.integer))[:MAX_EXAMPLES]
     observed = result.get("observed_value")
     if config.type == "expect_table_columns_to_match_set":
         observed = result.get("details", {}).get("mismatched", observed)
@@ -147,4 +151,5 @@ def _failure(table: str, outcome: Any, missing_columns: set[str]) -> Expectation
         examples=tuple(examples),
         observed=observed,
         error=error,
+        rows=rows,
     )

@@ -1,10 +1,18 @@
-"""Stage ``validate``: run the suites on the ingested tables, write the result and data docs, and either
-fail or (``validate.on_error: quarantine``) move failing ratings aside and continue."""
+"""Stage ``validate``: run the suites on the ingested tables and publish the tables that pass.
+
+``ingest``'s tables are only read. The stage's own outputs: ``paths.validated`` (the three tables that
+``features`` reads; with ``validate.on_error: quarantine``, the ratings without the failing rows),
+``paths.quarantine/ratings.parquet`` (those rows, each with its ``reason``; empty when none), the GX
+result and data docs under ``paths.validation_reports``, and the metric ``paths.validation_metrics``.
+The validated folder is checked before it is swapped in: a failure leaves the previous one in place.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,6 +33,7 @@ ROW_LEVEL = {
     "expect_compound_columns_to_be_unique",
     "expect_column_values_to_be_in_set",
 }
+QUARANTINE_FILE = "ratings.parquet"
 
 
 def _read(paths: Paths) -> dict[str, pd.DataFrame]:
@@ -48,12 +57,12 @@ def _curable(failures: list[ExpectationFailure]) -> bool:
 
 
 def validate(params: Params, paths: Paths) -> ValidationReport:
-    """Validate ``paths.table(...)``; write ``result.json`` and data docs under ``paths.validation_reports``.
+    """Validate ``paths.table(...)`` and publish the tables that pass to ``paths.validated``.
 
-    Raises :class:`DataValidationError` listing every failed expectation, unless ``validate.on_error`` is
-    ``quarantine``, the only failures are bad ratings rows, and they are at most
-    ``validate.max_bad_fraction`` of the rows: then those rows go to ``paths.quarantine/ratings.parquet``
-    (with a ``reason`` column) and the cleaned ratings table replaces the ingested one.
+    Raises :class:`DataValidationError` listing every failed expectation (file, rows, column, rule), unless
+    ``validate.on_error`` is ``quarantine``, the only failures are bad ratings rows, and they are at most
+    ``validate.max_bad_fraction`` of the rows: then those rows go to the quarantine table, and the ratings
+    without them, validated again, are published.
     """
     from pipeline.validation import suites as gx_suites  # GX takes seconds to import: only when needed
 
@@ -67,51 +76,63 @@ def validate(params: Params, paths: Paths) -> ValidationReport:
     )
     id_sets = _id_sets(tables)
 
-    def check() -> tuple[Any, list[ExpectationFailure]]:
+    def check(folder: Path) -> tuple[Any, list[ExpectationFailure]]:
         with atomic_dir(paths.validation_reports / "docs") as docs:
-            result = gx_suites.run_checkpoint(paths.ingested, suites, id_sets, docs)
+            result = gx_suites.run_checkpoint(folder, suites, id_sets, docs)
         return result, gx_suites.failures(result)
 
-    result, found = check()
-    before: list[ExpectationFailure] = []
-    quarantined: dict[str, int] = {}
-    if settings.on_error == "quarantine":
-        quarantined = _quarantine(params, paths, tables, result, found)
-        if quarantined:
+    result, found = check(paths.ingested)
+    ratings = tables["ratings"]
+    reasons = pd.Series("", index=ratings.index, dtype="str")
+    if settings.on_error == "quarantine" and found and _curable(found):
+        reasons = _reasons(params, paths, tables, result, found)
+    bad = (reasons != "").to_numpy()
+    moved = ratings[bad].assign(reason=reasons[bad].astype("str")).reset_index(drop=True)
+    counts = dict(sorted(Counter(moved["reason"]).items()))
+    published = {**tables, "ratings": ratings[~bad].reset_index(drop=True)}
+    with atomic_dir(paths.validated) as staging:
+        for name in TABLES:
+            if name == "ratings" and bad.any():
+                published[name].to_parquet(staging / f"{name}.parquet", index=False)
+            else:
+                shutil.copyfile(paths.table(name), staging / f"{name}.parquet")
+        before: list[ExpectationFailure] = []
+        if bad.any():
             before = found
-            result, found = check()
-    report = _finish(paths, result, tables, found, quarantined, before)
-    if not report.success:
-        raise DataValidationError(report.summary(), report)
+            result, found = check(staging)
+        report = _finish(paths, result, published, found, counts, before)
+        if not report.success:
+            raise DataValidationError(report.summary(), report)
+        write_parquet(moved, paths.quarantine / QUARANTINE_FILE)
+        write_json(
+            {
+                "ratings": len(ratings),
+                "quarantined": len(moved),
+                "quarantined_fraction": len(moved) / max(len(ratings), 1),
+                "expectations": report.evaluated,
+            },
+            paths.validation_metrics,
+        )
+    if counts:
+        logger.warning("quarantined %d of %d ratings: %s", len(moved), len(ratings), counts)
     logger.info(report.summary())
     return report
 
 
-def _quarantine(
+def _reasons(
     params: Params,
     paths: Paths,
     tables: dict[str, pd.DataFrame],
     result: Any,
     found: list[ExpectationFailure],
-) -> dict[str, int]:
-    """Move the failing ratings rows to the quarantine table and rewrite the ratings table without them.
-
-    Returns the number of rows moved per reason (empty when nothing was moved). Only failures of row-level
-    ratings expectations are curable this way; with any other failure nothing is moved.
-    """
+) -> pd.Series:
+    """Per ratings row, why it fails (``""`` when it passes); refuses when more than
+    ``validate.max_bad_fraction`` of the rows fail (then nothing is quarantined)."""
     settings = params.validation
     ratings = tables["ratings"]
-    reasons = pd.Series("", index=ratings.index, dtype="str")
-    if found and _curable(found):
-        reasons = rating_problems(
-            ratings,
-            tables["users"]["user_id"],
-            tables["items"]["item_id"],
-            settings.rating_min,
-            settings.rating_max,
-        )
-    bad = (reasons != "").to_numpy()
-    n_bad, n_rows = int(bad.sum()), len(ratings)
+    users, items = tables["users"]["user_id"], tables["items"]["item_id"]
+    reasons = rating_problems(ratings, users, items, settings.rating_min, settings.rating_max)
+    n_bad, n_rows = int((reasons != "").sum()), len(ratings)
     if n_bad > settings.max_bad_fraction * n_rows:
         report = _finish(paths, result, tables, found)
         raise DataValidationError(
@@ -120,15 +141,7 @@ def _quarantine(
             + report.summary(),
             report,
         )
-    moved = ratings[bad].assign(reason=reasons[bad].astype("str"))
-    write_parquet(moved.reset_index(drop=True), paths.quarantine / "ratings.parquet")
-    if not n_bad:
-        return {}
-    write_parquet(ratings[~bad].reset_index(drop=True), paths.table("ratings"))
-    tables["ratings"] = ratings[~bad]
-    counts = dict(sorted(Counter(moved["reason"]).items()))
-    logger.warning("quarantined %d of %d ratings: %s", n_bad, n_rows, counts)
-    return counts
+    return reasons
 
 
 def _finish(
