@@ -240,6 +240,19 @@ def test_cv_metrics_rejects_a_malformed_file(cv: dict, tmp_path: Path) -> None:
         reg.cv_metrics(cv, tmp_path / "cv.json")
 
 
+def test_transfer_tags_say_what_comes_from_the_language_model() -> None:
+    vocab = {"text_model": "sentence-transformers/all-MiniLM-L6-v2"}
+    assert reg.transfer_tags({"text_projection": "frozen", "user_profile": True}, vocab) == {
+        "transfer.source": "sentence-transformers/all-MiniLM-L6-v2",
+        "transfer.language_model": "frozen",
+        "transfer.projection": "frozen",
+        "transfer.user_profile": "true",
+    }
+    ablation = reg.transfer_tags({"use_text": False, "user_profile": True}, vocab)
+    assert ablation["transfer.language_model"] == "unused" and ablation["transfer.projection"] == "none"
+    assert ablation["transfer.user_profile"] == "false"
+
+
 def test_flatten_uses_dotted_keys() -> None:
     flat = reg.flatten(Params().to_dict())
     assert flat["train.inner_steps"] == 5
@@ -479,6 +492,13 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
     assert f"| params_hash | `{params.digest()}` |" in card
     assert "kfold folds=3 support_size=5 seed=42" in card
     assert run.data.tags["compression"] == "int8" and run.data.tags["fold_protocol"].startswith("kfold")
+    vocab = json.loads((paths.features / "vocab.json").read_text())
+    version_tags = client.get_model_version(params.register.model_name, result["version"]).tags
+    for tags in (run.data.tags, version_tags):  # the language model is the transfer source, kept frozen
+        assert tags["transfer.source"] == vocab["text_model"]
+        assert tags["transfer.language_model"] == "frozen"
+        assert tags["transfer.projection"] == params.train.text_projection
+        assert tags["transfer.user_profile"] == str(params.train.user_profile).lower()
     # the served model's accuracy and latency, float beside int8, on the same sample of users
     served = {k: v for k, v in run.data.metrics.items() if k.startswith("serving.")}
     assert set(served) == {

@@ -294,6 +294,17 @@ def champion_evidence(
         return None
 
 
+def transfer_tags(train: dict[str, Any], vocab: dict[str, Any]) -> dict[str, str]:
+    """What the model takes from the language model (the transfer source) and what was trained on top."""
+    uses_text = bool(train.get("use_text", True)) and bool(vocab.get("text_model"))
+    return {
+        "transfer.source": str(vocab.get("text_model") or "none"),
+        "transfer.language_model": "frozen" if uses_text else "unused",
+        "transfer.projection": str(train.get("text_projection", "trained")) if uses_text else "none",
+        "transfer.user_profile": str(uses_text and bool(train.get("user_profile", False))).lower(),
+    }
+
+
 def _require(path: Path, stage: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the '{stage}' stage first")
@@ -386,8 +397,14 @@ def _register(
     serving = serving_report(
         learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users
     )
-    card = model_card(params, cv, read_json(paths.features / "vocab.json"), lineage, new.protocol, serving)
-    tags = {**lineage, FOLD_PROTOCOL_TAG: new.protocol, "compression": cfg.compression}
+    vocab = read_json(paths.features / "vocab.json")
+    card = model_card(params, cv, vocab, lineage, new.protocol, serving)
+    tags = {
+        **lineage,
+        FOLD_PROTOCOL_TAG: new.protocol,
+        "compression": cfg.compression,
+        **transfer_tags(learner.config.to_dict(), vocab),
+    }
     served = {k: v for k, v in serving.items() if not isinstance(v, str)}
 
     if existing is None:
