@@ -181,8 +181,8 @@ class MetaObjective:
             xs = self.model.item_features(batch.support_items, batch.support_ids)
             xq = self.model.item_features(batch.query_items, batch.query_ids)
 
-            off_s = self.model.offset(batch.support_items)
-            off_q = self.model.offset(batch.query_items)
+            off_s = self.model.offset(batch.support_ids)  # a hidden id (item dropout) has no prior
+            off_q = self.model.offset(batch.query_ids)
 
             def predict_s(fast: Params, t: tuple[Tensor, ...]) -> Tensor:
                 return self._decide(fast, t[0], t[1]) + t[3]

@@ -5,8 +5,8 @@ so a saved model scores any known item by its index alone. Row ``n_items`` of ev
 "unknown item": no attributes, and the id embedding used for items the model never trained on.
 
 The prediction starts from an offset: the global mean plus the item's prior, its shrunk mean residual
-over the training ratings (``sum(r - mean) / (count + item_prior)``; 0 for items without ratings), set
-when training starts. The MLP and the user's adaptation then learn what the biases miss.
+over the training ratings (``sum(r - mean) / (count + item_prior)``; 0 for items without ratings and
+for ids hidden by item dropout, which stand for new items), set when training starts. The MLP and the user's adaptation then learn what the biases miss.
 
 With ``user_profile`` the user side also holds a text profile: the mean text embedding of the items the
 user interacted with (the support set, plus items clicked without a rating), centred on the mean item
@@ -169,12 +169,13 @@ class MeLU(nn.Module):
         user = user.unsqueeze(-2).expand(*items.shape, user.shape[-1])
         return torch.cat([user, self.item_features(items, id_rows)], dim=-1)
 
-    def offset(self, items: Tensor) -> Tensor:
-        """Where the prediction of ``items`` starts: the global mean plus the item's prior."""
-        return self.global_mean + self.item_prior[items]
+    def offset(self, id_rows: Tensor) -> Tensor:
+        """Where the prediction starts: the global mean plus the prior of the item's id row (the unknown
+        row, for new items and ids hidden by item dropout, has none)."""
+        return self.global_mean + self.item_prior[id_rows]
 
-    def decide(self, x: Tensor, items: Tensor) -> Tensor:
-        return self.decision(x).squeeze(-1) + self.offset(items)
+    def decide(self, x: Tensor, id_rows: Tensor) -> Tensor:
+        return self.decision(x).squeeze(-1) + self.offset(id_rows)
 
     def forward(
         self,
@@ -185,7 +186,7 @@ class MeLU(nn.Module):
     ) -> Tensor:
         """Predicted ratings [..., S] (unclipped); ``profile`` as in :meth:`user_features`."""
         rows = self.id_rows(items) if id_rows is None else id_rows
-        return self.decide(self.features(user_cats, items, rows, profile), items)
+        return self.decide(self.features(user_cats, items, rows, profile), rows)
 
     def adapted_names(self, adapt: str) -> list[str]:
         """Parameters updated in the inner loop: the decision MLP (MeLU), or everything trainable."""

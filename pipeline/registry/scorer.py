@@ -93,7 +93,7 @@ class Scorer:
             no_user = torch.zeros((1, len(model.dims.user_cards)), dtype=torch.long, device=learner.device)
             features = model.features(no_user, items[None], model.id_rows(items)[None])[0]
             self._items = features[:, self._n_user :].contiguous()
-            self._offsets = model.offset(items)
+            self._offsets = model.offset(model.id_rows(items))
 
     def scores(
         self,
