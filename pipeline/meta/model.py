@@ -6,7 +6,8 @@ so a saved model scores any known item by its index alone. Row ``n_items`` of ev
 
 The prediction starts from an offset: the global mean plus the item's prior, its shrunk mean residual
 over the training ratings (``sum(r - mean) / (count + item_prior)``; 0 for items without ratings and
-for ids hidden by item dropout, which stand for new items), set when training starts. The MLP and the user's adaptation then learn what the biases miss.
+for ids hidden by item dropout, which stand for new items), set when training starts. The MLP and
+the user's adaptation then learn what the biases miss.
 
 With ``user_profile`` the user side also holds a text profile: the mean text embedding of the items the
 user interacted with (the support set, plus items clicked without a rating), centred on the mean item
