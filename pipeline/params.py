@@ -113,6 +113,8 @@ class TrainParams(_Section):
     # the prediction starts from the global mean plus each item's mean residual shrunk by this many
     # pseudo-ratings toward 0 (0: no item prior)
     item_prior: Annotated[float, Field(ge=0)] = 10.0
+    # inner-loop loss = squared error summed over the n support ratings / (n + support_shrinkage)
+    support_shrinkage: Annotated[float, Field(ge=0)] = 10.0
     # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
     nnodes: PositiveInt = 1
     rdzv_endpoint: str = ""

@@ -77,9 +77,15 @@ def objective(
     inner_steps: int = 3,
     model: MeLU | None = None,
     objective: str = "regression",
+    support_shrinkage: float = 3.0,
 ) -> MetaObjective:
     config = TrainConfig(
-        algorithm=algorithm, adapt=adapt, inner_steps=inner_steps, inner_lr=0.3, objective=objective
+        algorithm=algorithm,
+        adapt=adapt,
+        inner_steps=inner_steps,
+        inner_lr=0.3,
+        objective=objective,
+        support_shrinkage=support_shrinkage,
     )
     model = model if model is not None else make_model()
     lrs = make_inner_lrs(model, config)
@@ -253,8 +259,8 @@ def test_zero_inner_steps_is_the_plain_query_gradient(algorithm: str) -> None:
 def test_first_order_all_params_is_the_query_gradient_at_the_adapted_weights() -> None:
     """FOMAML adapting everything: the meta-gradient is ∇ query-loss at the fast weights, found here by
     running plain SGD on a copy of the module for each task."""
-    inner_steps, lr = 2, 0.3
-    obj = objective("fomaml", "all", inner_steps=inner_steps)
+    inner_steps, lr, shrinkage = 2, 0.3, 3.0
+    obj = objective("fomaml", "all", inner_steps=inner_steps, support_shrinkage=shrinkage)
     batch = ragged_batch()
     expected = [torch.zeros_like(p) for p in obj.model.parameters()]
     for t in range(batch.n_tasks):
@@ -265,7 +271,7 @@ def test_first_order_all_params_is_the_query_gradient_at_the_adapted_weights() -
             clone.zero_grad()
             pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s], prof)
             if s:
-                ((pred - batch.support_ratings[t, :s]) ** 2).mean().backward()
+                (((pred - batch.support_ratings[t, :s]) ** 2).sum() / (s + shrinkage)).backward()
                 with torch.no_grad():
                     for p in clone.parameters():
                         p -= lr * p.grad
@@ -281,9 +287,11 @@ def test_first_order_all_params_is_the_query_gradient_at_the_adapted_weights() -
         assert_grads_close(grads, expected, list(obj.meta_parameters()), 1e-10)
 
 
-def test_meta_objective_value_matches_one_hand_sgd_step() -> None:
-    """Second-order MAML, one step on the decision MLP: the objective is the query loss at w - lr * grad."""
-    obj = objective("maml", "decision", inner_steps=1)
+@pytest.mark.parametrize("shrinkage", [0.0, 4.0])
+def test_meta_objective_value_matches_one_hand_sgd_step(shrinkage: float) -> None:
+    """Second-order MAML, one step on the decision MLP: the objective is the query loss at w - lr * grad,
+    the support loss being the squared error summed over the s support ratings / (s + shrinkage)."""
+    obj = objective("maml", "decision", inner_steps=1, support_shrinkage=shrinkage)
     batch = ragged_batch()
     out = obj.vmap(batch, batch.n_tasks)
     losses = []
@@ -293,7 +301,7 @@ def test_meta_objective_value_matches_one_hand_sgd_step() -> None:
         prof = clone.profile(batch.support_items[t, :s], batch.support_mask[t, :s])
         pred = clone(batch.user_cats[t], batch.support_items[t, :s], batch.support_ids[t, :s], prof)
         if s:
-            ((pred - batch.support_ratings[t, :s]) ** 2).mean().backward()
+            (((pred - batch.support_ratings[t, :s]) ** 2).sum() / (s + shrinkage)).backward()
             with torch.no_grad():
                 for p in clone.decision.parameters():
                     p -= 0.3 * p.grad

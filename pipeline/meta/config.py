@@ -50,6 +50,7 @@ class TrainConfig:
     use_text: bool = True
     user_profile: bool = True
     item_prior: float = 10.0
+    support_shrinkage: float = 10.0
     text_projection: str = "trained"
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -80,6 +81,7 @@ class TrainConfig:
             "item_dropout": 0.0 <= self.item_dropout < 1.0,
             "objective": self.objective in OBJECTIVES,
             "item_prior": self.item_prior >= 0,
+            "support_shrinkage": self.support_shrinkage >= 0,
             "text_projection": self.text_projection in TEXT_PROJECTIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -448,7 +448,8 @@ class MetaLearner:
         meta = json.loads((folder / CONFIG).read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        cfg = TrainConfig.from_dict(meta["train"])
+        # models saved before support_shrinkage existed adapted with the plain mean support loss
+        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, **meta["train"]})
         dims = ModelDims.from_dict(meta["dims"])
         model = build_model(dims, cfg)
         learner = cls(

@@ -86,6 +86,7 @@ class MetaObjective:
         self.train_inner_steps = config.train_inner_steps
         self.binary = config.objective == "binary"
         self.task_loss = masked_bce if self.binary else masked_mse
+        self.support_shrinkage = config.support_shrinkage
         self.second_order = config.second_order
         self.adapted = model.adapted_names(config.adapt)
         self.inner_lrs = inner_lrs
@@ -107,6 +108,14 @@ class MetaObjective:
     def score(self, pred: Tensor) -> Tensor:
         """Model output → the predicted rating (regression) or probability (binary)."""
         return torch.sigmoid(pred) if self.binary else pred
+
+    def support_loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """The inner loop's loss: the task loss summed over the n support entries and divided by
+        ``n + support_shrinkage`` (the mean when it is 0), so a user's few ratings move the weights less
+        than many, as pseudo-ratings shrink a bias."""
+        n = mask.sum(-1)
+        scale = n.clamp(min=1.0) / (n + self.support_shrinkage).clamp(min=1.0)
+        return self.task_loss(pred, target, mask) * scale
 
     def _lr(self, name: str) -> Tensor | float:
         return self.inner_lr if self.inner_lrs is None else self.inner_lrs[lr_key(name)]
@@ -135,7 +144,7 @@ class MetaObjective:
                 pred = functional_call(
                     self.model, fast, (uc, batch.support_items[t, :s], batch.support_ids[t, :s], profile)
                 )
-                loss = self.task_loss(pred, batch.support_ratings[t, :s], batch.support_mask[t, :s])
+                loss = self.support_loss(pred, batch.support_ratings[t, :s], batch.support_mask[t, :s])
                 grads = torch.autograd.grad(
                     loss, fast, create_graph=self.second_order, materialize_grads=True
                 )
@@ -215,7 +224,10 @@ class MetaObjective:
         def task(
             t: tuple[Tensor, ...], ys: Tensor, ms: Tensor, yq: Tensor, mq: Tensor
         ) -> tuple[Tensor, Tensor]:
-            fast = self._adapt_vmapped(fast0, names, lambda f: self.task_loss(predict_s(f, t), ys, ms), steps)
+            def support_loss(f: Params) -> Tensor:
+                return self.support_loss(predict_s(f, t), ys, ms)
+
+            fast = self._adapt_vmapped(fast0, names, support_loss, steps)
             pred = predict_q(fast, t)
             loss = self.task_loss(pred, yq, mq) if with_loss else pred.new_zeros(())
             return loss, pred

@@ -149,7 +149,8 @@ class Scorer:
         return self._model.user_features(user_cats, profile)
 
     def _adapt(self, user: Tensor, support_items: np.ndarray, ratings: np.ndarray) -> Layers:
-        """``inner_steps`` SGD steps of the support MSE over the decision MLP (none without support).
+        """``inner_steps`` SGD steps of the support loss over the decision MLP (none without support): the
+        squared error summed over the n support rows, divided by ``n + support_shrinkage``.
 
         The gradient of this small ReLU MLP is written out (backpropagation by hand): on a few support
         rows autograd's bookkeeping would cost more than the arithmetic.
@@ -160,10 +161,11 @@ class Scorer:
         rows = torch.as_tensor(support_items, device=self.learner.device)
         items = self._items[rows]
         y = torch.as_tensor(ratings, dtype=items.dtype, device=items.device) - self._offsets[rows]
+        denominator = max(1.0, y.numel() + self.learner.config.support_shrinkage)
         for _ in range(self.learner.config.inner_steps):
             trace: list[Tensor] = []
             pred = self._forward(layers, user, items, compressed=False, trace=trace)
-            grad = (2.0 / y.numel()) * (pred - y)[:, None]  # d mean-square / d out (y net of the offsets)
+            grad = (2.0 / denominator) * (pred - y)[:, None]  # d loss / d out (y net of the offsets)
             grads: Layers = []
             for n in reversed(range(len(layers))):
                 if self._relu[n]:
