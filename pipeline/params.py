@@ -128,16 +128,80 @@ class TrainParams(_Section):
         return self
 
 
+ModelName = Literal[
+    "global_mean",
+    "popularity",
+    "linear_bias",
+    "lightgbm",
+    "lightgbm_rank",
+    "finetune",
+    "meta",
+    "meta_no_text",
+]
+
+
+class MeluParams(_Section):
+    """The MeLU protocol (Lee et al., KDD 2019): which users and items take part, which are new."""
+
+    min_ratings: PositiveInt = 13
+    max_ratings: PositiveInt = 100
+    # items released in or after this year are new, earlier ones existing
+    new_item_year: int = 1998
+    existing_users: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    query_size: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _range(self) -> MeluParams:
+        if self.min_ratings > self.max_ratings:
+            raise ValueError("min_ratings must be <= max_ratings")
+        return self
+
+
 class EvalParams(_Section):
+    protocol: Literal["kfold", "melu"] = "kfold"
+    # kfold: folds over users and over items; melu: repeats with different seeds
     folds: Annotated[int, Field(ge=2)] = 5
     support_size: PositiveInt = 10
-    models: tuple[Literal["global_mean", "linear_bias", "lightgbm", "meta"], ...] = (
+    # share of each training user's ratings held out as its warm query set
+    warm_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    # warm / new_item: at most this many of a known user's training ratings form its support set
+    max_support: PositiveInt = 50
+    shots: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 3, 5, 10, 20)
+    models: tuple[ModelName, ...] = (
         "global_mean",
+        "popularity",
         "linear_bias",
         "lightgbm",
+        "lightgbm_rank",
+        "finetune",
         "meta",
+        "meta_no_text",
     )
-    ndcg_k: PositiveInt = 3
+    ndcg_ks: tuple[PositiveInt, ...] = (1, 3, 5)
+    top_k: PositiveInt = 10
+    # top-k: at most this many seeded random query users per scenario and fold rank their candidates (0: all)
+    topk_users: Annotated[int, Field(ge=0)] = 100
+    # processes evaluating folds in parallel, splitting the cores between them (1: in the stage's process)
+    workers: PositiveInt = 2
+    melu: MeluParams = MeluParams()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EvalParams:
+        for name in ("shots", "models", "ndcg_ks"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be a non-empty list without repeats")
+        return self
+
+
+class TaskParams(_Section):
+    """What is predicted: explicit ratings, or implicit feedback (rated >= threshold vs sampled unrated)."""
+
+    kind: Literal["explicit", "implicit"] = "explicit"
+    # explicit: the relevance threshold of the top-k metrics; implicit: ratings >= it are positives
+    positive_threshold: float = 4.0
+    # implicit: unrated items sampled as negatives per positive, per user
+    negatives: Annotated[int, Field(ge=0)] = 4
 
 
 class RegisterParams(_Section):
@@ -172,6 +236,7 @@ class Params(BaseModel):
     features: FeaturesParams = FeaturesParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
+    task: TaskParams = TaskParams()
     # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
     register: RegisterParams = RegisterParams()
     feedback: FeedbackParams = FeedbackParams()

@@ -88,6 +88,21 @@ class Paths:
         return self.metrics / "cv.json"
 
     @property
+    def shots_metrics(self) -> Path:
+        """The new_user support-size curve."""
+        return self.metrics / "shots.json"
+
+    @property
+    def evaluation_plots(self) -> Path:
+        """DVC plot data of the evaluation: one file per scenario, and the support-size curve."""
+        return self.plots / "evaluation"
+
+    @property
+    def evaluation_report(self) -> Path:
+        """``report.md`` and its PNG figures."""
+        return self.reports / "evaluation"
+
+    @property
     def train_metrics(self) -> Path:
         return self.metrics / "train.json"
 

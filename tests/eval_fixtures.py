@@ -134,3 +134,11 @@ def movielens_feature_set(mirror: Path, text_dim: int = 384, seed: int = 0) -> F
             "timestamp": inter["timestamp"].to_numpy(np.int64),
         },
     )
+
+
+def movielens_item_year(mirror: Path) -> np.ndarray:
+    """MovieLens-100k release years in :func:`movielens_feature_set`'s item order (NaN where unknown)."""
+    items = pd.read_csv(Path(mirror) / "ml-100k" / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
+    items.columns = [c.split(":")[0] for c in items.columns]
+    items = items.sort_values("item_id", key=lambda s: s.astype(int)).reset_index(drop=True)
+    return pd.to_numeric(items["release_year"], errors="coerce").to_numpy(np.float64)

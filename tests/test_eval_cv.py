@@ -1,22 +1,54 @@
-"""cross_validate's JSON shape and determinism, the evaluate stage's files, the table."""
+"""The evaluate stage: cv.json and shots.json shapes, scoring against brute force, paired tests, files."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
-from pipeline.evaluation.cv import build_model, cross_validate, evaluate, format_table, mae_plot_rows
+from pipeline.baselines.base import ColdStartModel
+from pipeline.evaluation.cv import (
+    Evaluation,
+    cross_validate,
+    evaluate,
+    format_table,
+    paired_tests,
+    read_item_year,
+)
+from pipeline.evaluation.metrics import mae, topk_metrics
+from pipeline.evaluation.models import MODEL_NAMES, build_model
+from pipeline.evaluation.protocols import kfold_folds
+from pipeline.evaluation.scenarios import Scoring, score_scenarios
+from pipeline.evaluation.shots import score_shots
+from pipeline.evaluation.splits import SCENARIO_NAMES
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.io import read_json
 from pipeline.params import load_params
 from pipeline.paths import Paths
+from pipeline.registry.gate import evidence
 from tests.eval_fixtures import planted_feature_set
 
-BASELINES = "eval.models=[global_mean, linear_bias, lightgbm]"
+BASELINES = "eval.models=[global_mean, popularity, linear_bias, lightgbm_rank]"
+SMALL = ["eval.folds=3", "eval.support_size=4", "eval.shots=[0, 2, 4]", "eval.workers=1", "seed=9"]
+EXPLICIT_METRICS = [
+    "mae",
+    "rmse",
+    "ndcg@1",
+    "ndcg@3",
+    "ndcg@5",
+    "precision@10",
+    "recall@10",
+    "f1@10",
+    "hr@10",
+    "mrr@10",
+]
+SCORING = Scoring(implicit=False, relevance=4.0, ndcg_ks=(1, 3, 5), top_k=10)
 
 
 @pytest.fixture(scope="module")
@@ -25,89 +57,309 @@ def fs() -> FeatureSet:
 
 
 @pytest.fixture(scope="module")
-def cv(fs: FeatureSet) -> dict[str, Any]:
-    params = load_params(None, [BASELINES, "eval.folds=3", "eval.support_size=4", "eval.ndcg_k=3", "seed=9"])
-    return cross_validate(params, fs)
+def result(fs: FeatureSet) -> Evaluation:
+    return cross_validate(load_params(None, [BASELINES, *SMALL]), fs)
 
 
-def test_cross_validate_returns_exactly_the_documented_shape(cv: dict[str, Any]) -> None:
-    assert set(cv) == {"scenarios", "protocol", "folds", "support_size", "seed", "per_fold"}
-    assert (cv["protocol"], cv["folds"], cv["support_size"], cv["seed"]) == ("kfold", 3, 4, 9)
-    assert list(cv["scenarios"]) == ["new_user"]
-    models = cv["scenarios"]["new_user"]
-    assert list(models) == ["global_mean", "linear_bias", "lightgbm"]
-    for name, metrics in models.items():
-        assert list(metrics) == ["mae", "rmse", "ndcg@3"]
-        for metric, agg in metrics.items():
-            assert set(agg) == {"mean", "std"}
-            values = cv["per_fold"]["new_user"][name][metric]
-            assert len(values) == 3 and all(isinstance(v, float) for v in values)
-            assert agg["mean"] == pytest.approx(np.mean(values))
-            assert agg["std"] == pytest.approx(np.std(values, ddof=1))
-    assert models["linear_bias"]["mae"]["mean"] < models["global_mean"]["mae"]["mean"]
-
-
-def test_cross_validate_is_deterministic(fs: FeatureSet, cv: dict[str, Any]) -> None:
-    params = load_params(None, [BASELINES, "eval.folds=3", "eval.support_size=4", "eval.ndcg_k=3", "seed=9"])
-    again = cross_validate(params, fs)
-    assert json.dumps(again, sort_keys=True) == json.dumps(cv, sort_keys=True)
-    other = cross_validate(
-        load_params(None, [BASELINES, "eval.folds=3", "eval.support_size=4", "seed=10"]), fs
+def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
+    cv = result.cv
+    assert set(cv) == {
+        "protocol",
+        "folds",
+        "support_size",
+        "seed",
+        "task",
+        "scenarios",
+        "per_fold",
+        "per_user",
+        "tests",
+        "ablations",
+        "sizes",
+    }
+    assert (cv["protocol"], cv["folds"], cv["support_size"], cv["seed"], cv["task"]) == (
+        "kfold",
+        3,
+        4,
+        9,
+        "explicit",
     )
-    assert other["per_fold"] != cv["per_fold"]
+    assert list(cv["scenarios"]) == list(SCENARIO_NAMES)
+    for scenario, models in cv["scenarios"].items():
+        assert list(models) == ["global_mean", "popularity", "linear_bias", "lightgbm_rank"]
+        for name, metrics in models.items():
+            # a ranking model's scores are not ratings: no MAE / RMSE
+            expected = EXPLICIT_METRICS[2:] if name == "lightgbm_rank" else EXPLICIT_METRICS
+            assert list(metrics) == expected
+            for metric, agg in metrics.items():
+                values = cv["per_fold"][scenario][name][metric]
+                assert len(values) == 3 and all(isinstance(v, float) for v in values)
+                # equal values (e.g. no top-k hit in any fold): scipy's interval is nan, ours the mean
+                ref = (values[0], values[0])
+                if np.ptp(values) > 0:
+                    ref = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+                assert agg["mean"] == pytest.approx(np.mean(values))
+                assert agg["std"] == pytest.approx(np.std(values, ddof=1))
+                assert agg["ci95"] == pytest.approx(list(ref))
+        assert len(cv["sizes"][scenario]["query_rows"]) == 3
+    got = cv["scenarios"]["new_user"]
+    assert got["linear_bias"]["mae"]["mean"] < got["global_mean"]["mae"]["mean"]
+    assert cv["tests"] == {} and cv["per_user"] == {"new_user": {}}  # no meta model in this run
+    json.dumps(cv, allow_nan=False)
 
 
-def test_evaluate_writes_metrics_and_plot_data(tmp_path: Path, fs: FeatureSet) -> None:
+def test_shots_json_has_every_size_and_model(result: Evaluation) -> None:
+    shots = result.shots
+    assert shots["support_sizes"] == [0, 2, 4] and shots["metric"] == "mae"
+    lb = shots["models"]["linear_bias"]
+    assert list(lb) == ["support_0", "support_2", "support_4"]
+    assert lb["support_4"]["mae"]["mean"] < lb["support_0"]["mae"]["mean"]  # the support set helps
+    gm = shots["models"]["global_mean"]
+    assert gm["support_0"]["mae"] == gm["support_4"]["mae"]  # a model that ignores the support set
+    assert len(shots["per_fold"]["linear_bias"]["support_2"]["mae"]) == 3
+
+
+def test_cross_validate_is_deterministic(fs: FeatureSet, result: Evaluation) -> None:
+    again = cross_validate(load_params(None, [BASELINES, *SMALL]), fs)
+    assert json.dumps(again.cv, sort_keys=True) == json.dumps(result.cv, sort_keys=True)
+    assert json.dumps(again.shots, sort_keys=True) == json.dumps(result.shots, sort_keys=True)
+    other = cross_validate(load_params(None, [BASELINES, *SMALL[:-1], "seed=10"]), fs)
+    assert SMALL[-1] == "seed=9"
+    assert other.cv["per_fold"] != result.cv["per_fold"]
+
+
+@pytest.mark.parametrize("topk_users", [0, 7])
+def test_scenario_scores_match_a_brute_force_reference(fs: FeatureSet, topk_users: int) -> None:
+    """Query-row metrics equal a direct predict; top-k equals ranking every unseen pool item, user by user,
+    for the ranked users (all, or a sample of 7)."""
+    fold = kfold_folds(fs.ratings, fs.n_items, 3, 4, 0.2, 6, 8, seed=2, topk_users=topk_users)[1]
+    fold_fs = replace(fs, ratings=fold.train)
+    model = build_model("linear_bias", load_params(None), seed=0)
+    model.fit(fold_fs, fold.train)
+    together = score_scenarios(model, fold_fs, list(fold.scenarios.values()), fold.train, SCORING)
+    assert [s.support_group for s in fold.scenarios.values()] == ["known", "revealed", "known", "revealed"]
+    for scenario in fold.scenarios.values():
+        got = together[scenario.name]
+        alone = score_scenarios(model, fold_fs, [scenario], fold.train, SCORING)[scenario.name]
+        assert alone.metrics == pytest.approx(got.metrics)
+        q = scenario.query
+        direct = model.predict(fold_fs, scenario.support, {c: q[c] for c in ("user_index", "item_index")})
+        assert got.metrics["mae"] == pytest.approx(mae(q["rating"], direct))
+        cand_user, cand_item, relevant = [], [], []
+        ranked = np.unique(q["user_index"])
+        if topk_users:
+            assert scenario.ranked_users.size == min(topk_users, ranked.size)
+            ranked = scenario.ranked_users
+        for u in ranked:
+            seen = set(fold.train["item_index"][fold.train["user_index"] == u])
+            seen |= set(scenario.support["item_index"][scenario.support["user_index"] == u])
+            items = [i for i in scenario.items if i not in seen]
+            cand_user += [u] * len(items)
+            cand_item += items
+            mine = q["user_index"] == u
+            relevant += [(u, i) for i in q["item_index"][mine & (q["rating"] >= 4)]]
+        scores = model.predict(fold_fs, scenario.support, {"user_index": cand_user, "item_index": cand_item})
+        ref = topk_metrics(
+            np.array(cand_user),
+            np.array(cand_item),
+            scores,
+            (np.array([u for u, _ in relevant]), np.array([i for _, i in relevant])),
+            10,
+        )
+        for name, value in ref.items():
+            assert got.metrics[name] == pytest.approx(value), (scenario.name, name)
+
+
+class SupportMean:
+    """A protocol model for the shots test: each user's support mean, 3.0 without support."""
+
+    name = "support_mean"
+    predicts_ratings = True
+
+    def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
+        pass
+
+    def predict(
+        self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        out = np.full(len(query["user_index"]), 3.0)
+        for u in np.unique(support["user_index"]):
+            out[np.asarray(query["user_index"]) == u] = support["rating"][support["user_index"] == u].mean()
+        return out
+
+
+def test_shots_predict_from_truncated_support_sets(fs: FeatureSet) -> None:
+    fold = kfold_folds(fs.ratings, fs.n_items, 3, 4, 0.2, 6, 8, seed=2)[0]
+    model = SupportMean()
+    assert isinstance(model, ColdStartModel)
+    got = score_shots(model, fs, fold.shots, (0, 1, 8), SCORING)
+    q = fold.shots.query
+    assert got[0].metrics["mae"] == pytest.approx(np.mean(np.abs(q["rating"] - 3.0)))
+    for k in (1, 8):
+        support = fold.shots.support(k)
+        expected = []
+        for u, r in zip(q["user_index"], q["rating"], strict=True):
+            mine = support["rating"][support["user_index"] == u]
+            expected.append(abs(r - (mine.mean() if mine.size else 3.0)))
+        assert got[k].metrics["mae"] == pytest.approx(np.mean(expected))
+
+
+def test_paired_tests_pick_the_best_baseline_by_hand() -> None:
+    summary = {
+        "new_user": {
+            "meta": {"mae": {"mean": 0.70}},
+            "meta_no_text": {"mae": {"mean": 0.60}},  # not a baseline, even when better
+            "linear_bias": {"mae": {"mean": 0.75}},
+            "global_mean": {"mae": {"mean": 0.90}},
+            "lightgbm_rank": {"ndcg@3": {"mean": 0.8}},  # no MAE: not a candidate
+        }
+    }
+    rng = np.random.default_rng(0)
+    users = np.arange(20)
+    meta = rng.normal(0.7, 0.1, 20)
+    linear = meta + rng.normal(0.05, 0.05, 20)
+    values = {
+        "new_user": {
+            "meta": {"mae": [(users[:10], meta[:10]), (users[10:], meta[10:])]},
+            "linear_bias": {"mae": [(users[10:], linear[10:]), (users[:10], linear[:10])]},
+            "global_mean": {"mae": [(users, meta + 1)]},
+        }
+    }
+    (test,) = paired_tests(summary, values, SCORING).values()
+    assert (test["model"], test["against"], test["metric"], test["n_users"]) == (
+        "meta",
+        "linear_bias",
+        "mae",
+        20,
+    )
+    assert test["p_value"] == pytest.approx(stats.wilcoxon(meta, linear, alternative="less").pvalue)
+
+
+def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet) -> None:
     paths = Paths(tmp_path)
     save_feature_set(fs, paths.features)
-    params = load_params(None, ["eval.models=[global_mean, linear_bias]", "eval.folds=2", "eval.ndcg_k=5"])
+    params = load_params(
+        None, ["eval.models=[global_mean, linear_bias]", "eval.folds=2", "eval.shots=[0, 3]"]
+    )
     cv = evaluate(params, paths)
     assert read_json(paths.cv_metrics) == json.loads(json.dumps(cv))
-    assert set(cv["scenarios"]["new_user"]["linear_bias"]) == {"mae", "rmse", "ndcg@5"}
-    rows = read_json(paths.plots / "cv_mae.json")
-    assert rows == [
-        {"model": "global_mean", "mae": cv["scenarios"]["new_user"]["global_mean"]["mae"]["mean"]},
-        {"model": "linear_bias", "mae": cv["scenarios"]["new_user"]["linear_bias"]["mae"]["mean"]},
-    ]
-    assert not list(paths.metrics.glob(".*.tmp")) and not list(paths.plots.glob(".*.tmp"))
-
-
-def test_format_table_shows_every_model_and_metric(cv: dict[str, Any]) -> None:
-    table = format_table(cv)
-    lines = table.splitlines()
-    assert lines[0] == "kfold: 3 folds over users, support_size=4, seed=9"
-    assert lines[1].split() == ["scenario", "model", "mae", "rmse", "ndcg@3"]
+    shots = read_json(paths.shots_metrics)
+    assert shots["support_sizes"] == [0, 3]
+    rows = read_json(paths.evaluation_plots / "new_user.json")
     lb = cv["scenarios"]["new_user"]["linear_bias"]["mae"]
+    assert rows[1] == {
+        "model": "linear_bias",
+        "metric": "mae",
+        "value": lb["mean"],
+        "ci_low": lb["ci95"][0],
+        "ci_high": lb["ci95"][1],
+    }
+    curve = read_json(paths.evaluation_plots / "shots" / "linear_bias.json")
+    assert curve == [
+        {"support_size": k, "value": shots["models"]["linear_bias"][f"support_{k}"]["mae"]["mean"]}
+        for k in (0, 3)
+    ]
+    assert sorted(p.name for p in (paths.evaluation_plots / "shots").iterdir()) == [
+        "global_mean.json",
+        "linear_bias.json",
+    ]
+    report = (paths.evaluation_report / "report.md").read_text()
+    assert (
+        "## new_item" in report and "linear_bias" in report and "![support-size curve](shots.png)" in report
+    )
+    for png in ("scenarios.png", "shots.png"):
+        assert (paths.evaluation_report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for folder in (paths.metrics, paths.plots, paths.reports):
+        assert not [p for p in folder.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_format_table_shows_every_model_and_metric(result: Evaluation) -> None:
+    table = format_table(result.cv, ("mae", "ndcg@3"))
+    lines = table.splitlines()
+    assert lines[0] == "kfold: 3 folds, task=explicit, support_size=4, seed=9"
+    assert lines[1].split() == ["scenario", "model", "mae", "ndcg@3"]
+    lb = result.cv["scenarios"]["warm"]["linear_bias"]["mae"]
     assert f"{lb['mean']:.4f} ± {lb['std']:.4f}" in next(line for line in lines if "linear_bias" in line)
-    assert len(lines) == 3 + 3
-    assert mae_plot_rows(cv)[2]["model"] == "lightgbm"
+    assert len(lines) == 3 + 4 * 4
+    default = format_table(result.cv).splitlines()[1].split()
+    assert default == ["scenario", "model", "mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "recall@10", "hr@10"]
 
 
-def test_build_model_rejects_an_unknown_name() -> None:
+def test_build_model_knows_every_name_and_objective() -> None:
+    params = load_params(None)
+    for name in MODEL_NAMES:
+        model = build_model(name, params, seed=0)
+        assert isinstance(model, ColdStartModel)
+        assert model.name == name
+        assert model.predicts_ratings == (name != "lightgbm_rank")
+        assert not build_model(name, params, seed=0, objective="binary").predicts_ratings
+    meta_no_text = build_model("meta_no_text", params, seed=0, objective="binary")
+    assert meta_no_text.config["use_text"] is False and meta_no_text.config["objective"] == "binary"  # type: ignore[attr-defined]
+    assert build_model("finetune", params, seed=0).config["algorithm"] == "joint"  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="unknown model 'svd'"):
-        build_model("svd", load_params(None), seed=0)
+        build_model("svd", params, seed=0)
+
+
+def test_the_implicit_task_scores_auc_and_top_k(fs: FeatureSet) -> None:
+    params = load_params(
+        None, ["eval.models=[global_mean, linear_bias]", "task.kind=implicit", "task.negatives=1", *SMALL]
+    )
+    got = cross_validate(params, fs)
+    lb = got.cv["scenarios"]["new_user"]["linear_bias"]
+    assert "mae" not in lb and {"auc", "ndcg@3", "hr@10"} <= set(lb)
+    assert got.cv["scenarios"]["new_user"]["global_mean"]["auc"]["mean"] == pytest.approx(0.5)
+    assert lb["auc"]["mean"] > 0.6
+    assert got.shots["metric"] == "auc"
+
+
+def test_read_item_year_aligns_with_the_vocab(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.ingested.mkdir(parents=True)
+    items = pd.DataFrame({"item_id": ["b", "a", "c"], "year": pd.array([1999, 1990, None], dtype="Int64")})
+    items.to_parquet(paths.table("items"))
+    got = read_item_year(paths, ["a", "b", "c", "d"])
+    assert got[:2].tolist() == [1990.0, 1999.0] and np.isnan(got[2:]).all()
+    items.drop(columns="year").to_parquet(paths.table("items"))
+    with pytest.raises(ValueError, match="no 'year' column"):
+        read_item_year(paths, ["a"])
 
 
 @pytest.mark.slow
-def test_cross_validate_runs_the_meta_learner_deterministically(fs: FeatureSet) -> None:
-    pytest.importorskip("pipeline.meta.learner")
-    from dataclasses import replace
-
-    from pipeline.evaluation.splits import support_mask
-
-    is_query = ~support_mask(fs.ratings["user_index"], 6, seed=0)
+def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> None:
+    is_query = np.zeros(fs.ratings["rating"].size, dtype=bool)
+    is_query[::3] = True
     tasks = {c: fs.ratings[c] for c in ("user_index", "item_index", "rating")} | {"is_query": is_query}
     with_tasks = replace(fs, tasks=tasks)
     overrides = [
-        "eval.models=[global_mean, meta]",
+        "eval.models=[linear_bias, finetune, meta, meta_no_text]",
         "eval.folds=2",
+        "eval.shots=[0, 3]",
         "train.epochs=1",
         "train.hidden=[16]",
         "train.embedding_dim=8",
         "train.device=cpu",
     ]
-    first = cross_validate(load_params(None, overrides), with_tasks)
-    assert list(first["scenarios"]["new_user"]) == ["global_mean", "meta"]
-    assert len(first["per_fold"]["new_user"]["meta"]["mae"]) == 2
-    second = cross_validate(load_params(None, overrides), with_tasks)
-    assert json.dumps(second, sort_keys=True) == json.dumps(first, sort_keys=True)
+    first = cross_validate(load_params(None, [*overrides, "eval.workers=1"]), with_tasks)
+    cv: dict[str, Any] = first.cv
+    assert set(cv["tests"]) == set(SCENARIO_NAMES)
+    assert all(t["against"] in ("linear_bias", "finetune") for t in cv["tests"].values())
+    assert 0 <= cv["tests"]["new_user"]["p_value"] <= 1
+    assert set(cv["ablations"]["use_text"]) == set(SCENARIO_NAMES)
+    per_user = cv["per_user"]["new_user"]["meta"]["mae"]
+    assert set(per_user) == {fs.vocab["user_ids"][u] for u in np.unique(fs.ratings["user_index"])}
+    # what the registry's promotion gate reads from cv.json
+    gate = evidence(json.loads(json.dumps(cv)), "mae", Path("metrics/cv.json"))
+    assert gate.mean == cv["scenarios"]["new_user"]["meta"]["mae"]["mean"]
+    assert len(gate.per_fold) == 2 and gate.per_user == per_user
+    assert gate.protocol == "kfold folds=2 support_size=10 seed=42"
+    # the same folds in two worker processes (one torch thread each): the same numbers, in fold order
+    second = cross_validate(load_params(None, [*overrides, "eval.workers=2"]), with_tasks)
+    for scenario, models in cv["per_fold"].items():
+        for model, metrics in models.items():
+            for metric, values in metrics.items():
+                got = second.cv["per_fold"][scenario][model][metric]
+                assert len(got) == len(values) == 2, (scenario, model, metric)
+                for a, b in zip(got, values, strict=True):
+                    assert (a is None) == (b is None), (scenario, model, metric)
+                    assert a is None or a == pytest.approx(b, rel=1e-5, abs=1e-9), (scenario, model, metric)
+    assert second.cv["tests"].keys() == cv["tests"].keys()
+    assert {m: len(t["fit"]) for m, t in second.timings.items()} == dict.fromkeys(second.timings, 2)

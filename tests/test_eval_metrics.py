@@ -1,4 +1,5 @@
-"""Metrics against values worked out by hand (the arithmetic is in each test) and against scikit-learn."""
+"""Metrics against values worked out by hand (the arithmetic is in each test), against scikit-learn
+(nDCG, ROC AUC) and against a plain-Python top-k reference."""
 
 from __future__ import annotations
 
@@ -6,9 +7,22 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import ndcg_score
+from sklearn.metrics import ndcg_score, roc_auc_score
 
-from pipeline.evaluation.metrics import mae, ndcg_at_k, rmse
+from pipeline.evaluation.metrics import (
+    auc,
+    mae,
+    ndcg_at_k,
+    per_user_auc,
+    per_user_mae,
+    per_user_ndcg_at_k,
+    per_user_rmse,
+    per_user_topk,
+    relevant_rows,
+    rmse,
+    topk_metrics,
+    unseen_candidates,
+)
 
 
 def test_mae_and_rmse_by_hand() -> None:
@@ -106,3 +120,178 @@ def test_ndcg_matches_scikit_learn_without_ties() -> None:
             [ndcg_score([np.exp2(y_true[user == u]) - 1], [y_pred[user == u]], k=k) for u in np.unique(user)]
         )
         assert ndcg_at_k(user, y_true, y_pred, k) == pytest.approx(reference, rel=1e-12)
+
+
+def test_ndcg_per_user_values_are_the_mean_ndcg_terms() -> None:
+    # user 4: one row -> 1.0; user 1: relevances by prediction 1, 3 -> (1 + 7/log2(3)) / (7 + 1/log2(3))
+    user = np.array([4, 1, 1])
+    users, values = per_user_ndcg_at_k(user, np.array([2.0, 1.0, 3.0]), np.array([0.0, 0.9, 0.1]), k=5)
+    assert users.tolist() == [1, 4]
+    assert values == pytest.approx([(1 + 7 / math.log2(3)) / (7 + 1 / math.log2(3)), 1.0])
+    assert ndcg_at_k(user, np.array([2.0, 1.0, 3.0]), np.array([0.0, 0.9, 0.1]), k=5) == pytest.approx(
+        values.mean()
+    )
+
+
+def test_per_user_mae_and_rmse_by_hand() -> None:
+    user = np.array([3, 1, 3])
+    y_true = np.array([4.0, 2.0, 5.0])
+    y_pred = np.array([3.0, 2.0, 5.5])
+    # user 1: error 0; user 3: errors 1, -0.5 -> MAE 0.75, RMSE sqrt((1 + 0.25) / 2)
+    users, values = per_user_mae(user, y_true, y_pred)
+    assert users.tolist() == [1, 3]
+    assert values.tolist() == pytest.approx([0.0, 0.75])
+    assert per_user_rmse(user, y_true, y_pred)[1].tolist() == pytest.approx([0.0, math.sqrt(0.625)])
+    assert mae(y_true, y_pred) == pytest.approx(0.5)  # rows weigh the same: 1.5 / 3, not (0 + 0.75) / 2
+    with pytest.raises(ValueError, match="user has 2 rows"):
+        per_user_mae(np.array([1, 3]), y_true, y_pred)
+
+
+def test_auc_by_hand_with_a_tie_and_one_class_users_left_out() -> None:
+    # user 0: positives score 0.8, 0.3; negatives 0.3, 0.1 -> pairs 0.8>0.3, 0.8>0.1, 0.3=0.3 (1/2),
+    #   0.3>0.1 -> 3.5 / 4 = 0.875
+    # user 2: the positive (0.2) is below the negative (0.9) -> 0; user 1 has only positives: left out
+    user = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    y_true = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    score = np.array([0.8, 0.3, 0.3, 0.1, 0.5, 0.2, 0.9, 0.2])
+    users, values = per_user_auc(user, y_true, score)
+    assert users.tolist() == [0, 2]
+    assert values.tolist() == pytest.approx([0.875, 0.0])
+    assert auc(user, y_true, score) == pytest.approx(0.4375)
+    perm = np.random.default_rng(0).permutation(user.size)
+    assert auc(user[perm], y_true[perm], score[perm]) == pytest.approx(0.4375)
+
+
+def test_auc_matches_scikit_learn_per_user_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(2, 25, size=60)
+    user = rng.permutation(np.repeat(np.arange(sizes.size) * 2 + 1, sizes))
+    y_true = (rng.random(user.size) < 0.4).astype(int)
+    score = np.round(rng.normal(size=user.size), 1)  # coarse: many ties
+    reference = {
+        u: roc_auc_score(y_true[user == u], score[user == u])
+        for u in np.unique(user)
+        if 0 < y_true[user == u].sum() < (user == u).sum()
+    }
+    users, values = per_user_auc(user, y_true, score)
+    assert users.tolist() == sorted(reference)
+    assert values == pytest.approx([reference[u] for u in users], rel=1e-12)
+    assert auc(user, y_true, score) == pytest.approx(np.mean(list(reference.values())), rel=1e-12)
+
+
+def test_auc_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="0/1 labels; row 1 is 4"):
+        auc(np.zeros(2), np.array([1, 4]), np.ones(2))
+    with pytest.raises(ValueError, match="undefined"):
+        auc(np.array([0, 1]), np.array([1, 0]), np.ones(2))
+    with pytest.raises(ValueError, match="non-finite"):
+        auc(np.zeros(2), np.array([1, 0]), np.array([np.inf, 0.0]))
+
+
+def _topk_example() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, set[int]]]:
+    user = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3, 3])
+    item = np.array([0, 1, 2, 3, 4, 5, 1, 2, 0, 1, 0, 1, 2, 3, 4])
+    score = np.array([0.9, 0.1, 0.5, 0.5, 0.7, 0.2, 0.3, 0.3, 1.0, 0.0, 5, 4, 3, 2, 1])
+    return user, item, score, {0: {2, 5}, 1: {2}, 2: set(), 3: {4}}
+
+
+def test_topk_metrics_by_hand() -> None:
+    # Ties are broken pessimistically: the non-relevant item of a tie ranks first.
+    # k = 3. user 0: order 0 (.9), 4 (.7), then the tie at .5: 3 (not relevant) before 2 (relevant), 5, 1
+    #   -> top 0, 4, 3; relevant {2, 5}: no hit -> all 0
+    # user 1: tie -> item 1 (not relevant) before 2; relevant {2}: hit at rank 2 -> P 1/3 (over k), R 1,
+    #   F1 0.5, HR 1, MRR 1/2
+    # user 2: no relevant item -> left out; user 3: relevant 4 ranked 5th -> all 0
+    user, item, score, relevant = _topk_example()
+    got = topk_metrics(user, item, score, relevant, k=3)
+    assert got == pytest.approx(
+        {"precision@3": (1 / 3) / 3, "recall@3": 1 / 3, "f1@3": 0.5 / 3, "hr@3": 1 / 3, "mrr@3": (1 / 2) / 3}
+    )
+    users, values = per_user_topk(user, item, score, relevant, k=3)
+    assert users.tolist() == [0, 1, 3]
+    assert values["mrr"].tolist() == pytest.approx([0.0, 1 / 2, 0.0])
+    # k = 4: user 0 hits item 2 at rank 4 -> P 1/4, R 1/2, F1 2(1/4)(1/2)/(3/4) = 1/3, MRR 1/4;
+    # user 1: P 1/4, R 1, F1 2(1/4)(1)/(5/4) = 0.4, MRR 1/2
+    assert topk_metrics(user, item, score, relevant, k=4) == pytest.approx(
+        {
+            "precision@4": (1 / 4 + 1 / 4) / 3,
+            "recall@4": (1 / 2 + 1) / 3,
+            "f1@4": (1 / 3 + 0.4) / 3,
+            "hr@4": 2 / 3,
+            "mrr@4": (1 / 4 + 1 / 2) / 3,
+        }
+    )
+    # a constant score: every relevant item ranks after the non-relevant ones, so only user 1, whose two
+    # candidates both fit in the top 3, has a hit (in index order user 0's item 2 would count too)
+    assert topk_metrics(user, item, np.zeros(user.size), relevant, k=3)["hr@3"] == pytest.approx(1 / 3)
+    rel_user, rel_item = np.array([0, 0, 1, 3]), np.array([2, 5, 2, 4])
+    assert topk_metrics(user, item, score, (rel_user, rel_item), k=3) == pytest.approx(got)
+    perm = np.random.default_rng(1).permutation(user.size)
+    assert topk_metrics(user[perm], item[perm], score[perm], relevant, k=3) == pytest.approx(got)
+    # k = 1: only user 0's item 0 and user 1's item 1 are picked, neither relevant
+    assert topk_metrics(user, item, score, relevant, k=1)["hr@1"] == 0.0
+
+
+def _topk_reference(
+    user: np.ndarray, item: np.ndarray, score: np.ndarray, relevant: dict[int, set[int]], k: int
+) -> dict[str, float]:
+    """Per user with a relevant item: sort its candidates by (-score, relevant, item) and count, in plain
+    Python."""
+    out: dict[str, list[float]] = {m: [] for m in ("precision", "recall", "f1", "hr", "mrr")}
+    for u in sorted(set(user.tolist())):
+        rel = relevant.get(u, set())
+        if not rel:
+            continue
+        pairs = zip(score[user == u].tolist(), item[user == u].tolist(), strict=True)
+        ranked = sorted(pairs, key=lambda t: (-t[0], t[1] in rel, t[1]))
+        top = [i for _, i in ranked[:k]]
+        hits = sum(i in rel for i in top)
+        p, r = hits / k, hits / len(rel)
+        out["precision"].append(p)
+        out["recall"].append(r)
+        out["f1"].append(2 * p * r / (p + r) if hits else 0.0)
+        out["hr"].append(float(hits > 0))
+        out["mrr"].append(next((1 / (n + 1) for n, i in enumerate(top) if i in rel), 0.0))
+    return {f"{m}@{k}": float(np.mean(v)) for m, v in out.items()}
+
+
+def test_topk_metrics_match_a_plain_python_reference() -> None:
+    rng = np.random.default_rng(11)
+    user_parts, item_parts = [], []
+    relevant: dict[int, set[int]] = {}
+    for u in range(40):
+        items = np.sort(rng.choice(60, size=int(rng.integers(5, 50)), replace=False))
+        user_parts.append(np.full(items.size, u))
+        item_parts.append(items)
+        relevant[u] = set(rng.choice(items, size=int(rng.integers(0, 6)), replace=False).tolist())
+    user, item = np.concatenate(user_parts), np.concatenate(item_parts)
+    score = np.round(rng.random(user.size), 1)  # ties, broken pessimistically
+    for k in (1, 5, 10):
+        assert topk_metrics(user, item, score, relevant, k) == pytest.approx(
+            _topk_reference(user, item, score, relevant, k), rel=1e-12
+        )
+
+
+def test_topk_metrics_reject_bad_candidates() -> None:
+    user, item, score, relevant = _topk_example()
+    with pytest.raises(ValueError, match="relevant item 7 of user 1 is not among"):
+        topk_metrics(user, item, score, {**relevant, 1: {7}}, k=3)
+    with pytest.raises(ValueError, match="relevant item 0 of user 9 is not among"):
+        topk_metrics(user, item, score, {9: {0}}, k=3)
+    with pytest.raises(ValueError, match=r"candidate \(user 0, item 1\) appears more than once"):
+        topk_metrics(np.r_[user, 0], np.r_[item, 1], np.r_[score, 0.0], relevant, k=3)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        topk_metrics(user, item, score, relevant, k=0)
+    with pytest.raises(ValueError, match="no user has a relevant item"):
+        topk_metrics(user, item, score, {}, k=3)
+
+
+def test_unseen_candidates_and_relevant_rows_by_hand() -> None:
+    # seen: user 0 item 1; user 2 items 0, 2; user 5 (not asked for) item 1 -> of items 0..2,
+    # user 0 has 0 and 2 left, user 2 has 1
+    seen_user, seen_item = np.array([0, 2, 2, 5]), np.array([1, 0, 2, 1])
+    got_user, got_item = unseen_candidates(np.array([2, 0, 2]), 3, seen_user, seen_item)
+    assert list(zip(got_user.tolist(), got_item.tolist(), strict=True)) == [(0, 0), (0, 2), (2, 1)]
+    assert unseen_candidates(np.array([], dtype=int), 3, seen_user, seen_item)[1].size == 0
+    rel_user, rel_item = relevant_rows(np.array([1, 1, 2]), np.array([5, 6, 7]), np.array([4.0, 3.5, 5.0]))
+    assert (rel_user.tolist(), rel_item.tolist()) == ([1, 2], [5, 7])

@@ -1,24 +1,32 @@
-"""User K-fold and the new_user support/query split."""
+"""Roles of the rating rows per fold (kfold and melu protocols), the scenarios and the support-size pools."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from pipeline.evaluation.protocols import kfold_folds, make_folds, melu_folds
 from pipeline.evaluation.splits import (
-    SCENARIOS,
-    kfold_splits,
-    new_user_split,
+    Fold,
+    Role,
+    capped_rows,
+    random_rank,
     support_mask,
     user_folds,
 )
+from pipeline.params import MeluParams, load_params
 
 
-def _ratings(counts: dict[int, int]) -> dict[str, np.ndarray]:
-    """``counts[u]`` ratings for user u, rows shuffled, items 0..n-1, rating = item % 5 + 1."""
+def _ratings(counts: dict[int, int], n_items: int | None = None, seed: int = 1) -> dict[str, np.ndarray]:
+    """``counts[u]`` ratings for user u on distinct items (random ones when ``n_items`` is given, else
+    0..n-1), rows shuffled, rating = item % 5 + 1."""
+    rng = np.random.default_rng(seed)
     user = np.concatenate([np.full(n, u) for u, n in counts.items()])
-    item = np.concatenate([np.arange(n) for n in counts.values()])
-    perm = np.random.default_rng(1).permutation(user.size)
+    if n_items is None:
+        item = np.concatenate([np.arange(n) for n in counts.values()])
+    else:
+        item = np.concatenate([rng.choice(n_items, n, replace=False) for n in counts.values()])
+    perm = rng.permutation(user.size)
     return {
         "user_index": user[perm].astype(np.int32),
         "item_index": item[perm].astype(np.int32),
@@ -27,20 +35,30 @@ def _ratings(counts: dict[int, int]) -> dict[str, np.ndarray]:
     }
 
 
+def _pairs(table: dict[str, np.ndarray]) -> set[tuple[int, int]]:
+    return set(zip(table["user_index"].tolist(), table["item_index"].tolist(), strict=True))
+
+
 def test_user_folds_partition_the_users() -> None:
     users = np.repeat(np.arange(0, 46, 2), 3)  # 23 distinct users, each listed three times
     folds = user_folds(users, 5, seed=7)
     assert len(folds) == 5
-    together = np.concatenate(folds)
-    assert np.array_equal(np.sort(together), np.unique(users))  # each user exactly once
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.unique(users))  # each user exactly once
     assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
     assert all(np.array_equal(a, b) for a, b in zip(folds, user_folds(users, 5, seed=7), strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(folds, user_folds(users, 5, seed=8), strict=True))
-
-
-def test_user_folds_reject_too_few_users() -> None:
     with pytest.raises(ValueError, match="cannot split 3 users into 5 folds"):
         user_folds(np.arange(3), 5, seed=0)
+
+
+def test_random_rank_is_a_permutation_within_each_group() -> None:
+    group = np.array([3, 1, 3, 3, 1, 7])
+    rank, size = random_rank(group, seed=0)
+    assert size.tolist() == [3, 2, 3, 3, 2, 1]
+    assert sorted(rank[group == 3].tolist()) == [0, 1, 2]
+    assert sorted(rank[group == 1].tolist()) == [0, 1]
+    assert rank[group == 7].tolist() == [0]
+    assert capped_rows(group, 2, seed=0).tolist() == (rank < 2).tolist()
 
 
 def test_support_mask_sizes_follow_the_rule() -> None:
@@ -61,54 +79,169 @@ def test_support_mask_draws_every_rating_about_equally() -> None:
     assert hits.min() > 65 and hits.max() < 135
 
 
-def test_new_user_split_keeps_test_ratings_out_of_training() -> None:
-    ratings = _ratings({u: 8 + u for u in range(12)})
-    split = new_user_split(ratings, np.arange(8), np.arange(8, 12), support_size=5, seed=0)
-    assert split.scenario == "new_user"
-    for part in (split.support_set, split.query_set):
-        assert set(np.unique(part["user_index"])) <= {8, 9, 10, 11}
-        assert set(part) == set(ratings)
-    n_test_rows = int(np.isin(ratings["user_index"], [8, 9, 10, 11]).sum())
-    assert split.support_set["rating"].size == 4 * 5
-    assert split.query_set["rating"].size == n_test_rows - 20
-    pairs = set(zip(split.support_set["user_index"], split.support_set["item_index"], strict=True))
-    assert pairs.isdisjoint(zip(split.query_set["user_index"], split.query_set["item_index"], strict=True))
-    with pytest.raises(ValueError, match="both train and test"):
-        new_user_split(ratings, np.arange(9), np.arange(8, 12), support_size=5, seed=0)
+N_ITEMS = 60
+COUNTS = {u: 3 + (u * 7) % 30 for u in range(40)}
 
 
-def test_new_user_split_names_a_missing_column() -> None:
-    ratings = _ratings({0: 3, 1: 3})
-    del ratings["rating"]
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['rating'\]"):
-        new_user_split(ratings, np.array([0]), np.array([1]), 1, 0)
+@pytest.fixture(scope="module")
+def ratings() -> dict[str, np.ndarray]:
+    return _ratings(COUNTS, n_items=N_ITEMS)
 
 
-def test_kfold_splits_cover_every_user_once_and_are_seeded() -> None:
-    counts = {u: 3 + (u * 7) % 20 for u in range(30)}
-    ratings = _ratings(counts)
-    splits = kfold_splits(ratings, folds=4, support_size=5, seed=11)
-    tested = np.concatenate([s.test_users for s in splits])
-    assert np.array_equal(np.sort(tested), np.arange(30))
-    for s in splits:
-        assert np.intersect1d(s.train_users, s.test_users).size == 0
-        assert np.union1d(s.train_users, s.test_users).size == 30
-        rows = s.support_set["rating"].size + s.query_set["rating"].size
-        assert rows == sum(counts[u] for u in s.test_users)
-        assert np.array_equal(np.unique(s.query_set["user_index"]), s.test_users)  # >= 1 query rating each
-        for u in s.test_users:
-            assert (s.support_set["user_index"] == u).sum() == min(5, counts[u] - 1)
-    again = kfold_splits(ratings, folds=4, support_size=5, seed=11)
-    for a, b in zip(splits, again, strict=True):
-        assert np.array_equal(a.test_users, b.test_users)
-        for col in ratings:
-            assert np.array_equal(a.support_set[col], b.support_set[col])
-            assert np.array_equal(a.query_set[col], b.query_set[col])
-    other = kfold_splits(ratings, folds=4, support_size=5, seed=12)
-    assert any(not np.array_equal(a.test_users, b.test_users) for a, b in zip(splits, other, strict=True))
+@pytest.fixture(scope="module")
+def folds(ratings: dict[str, np.ndarray]) -> list[Fold]:
+    return kfold_folds(
+        ratings, N_ITEMS, folds=4, support_size=5, warm_fraction=0.2, support_cap=6, max_shots=8, seed=11
+    )
 
 
-def test_kfold_splits_reject_unknown_scenario() -> None:
-    assert "new_user" in SCENARIOS
-    with pytest.raises(ValueError, match="unknown scenario 'warm'"):
-        kfold_splits(_ratings({0: 3, 1: 3}), 2, 1, 0, scenario="warm")
+def test_kfold_gives_every_rating_exactly_one_role_consistent_with_the_held_out_groups(
+    ratings: dict[str, np.ndarray], folds: list[Fold]
+) -> None:
+    user, item = ratings["user_index"], ratings["item_index"]
+    for fold in folds:
+        assert fold.roles.shape == user.shape and set(np.unique(fold.roles)) <= set(Role)
+        new_u, new_i = np.isin(user, fold.new_users), np.isin(item, fold.new_items)
+        expected = {
+            (False, False): {Role.TRAIN, Role.WARM_QUERY},
+            (True, False): {Role.NEW_USER_SUPPORT, Role.NEW_USER_QUERY},
+            (False, True): {Role.NEW_ITEM_QUERY},
+            (True, True): {Role.NEW_BOTH_QUERY},
+        }
+        for (nu, ni), allowed in expected.items():
+            cell = (new_u == nu) & (new_i == ni)
+            assert set(fold.roles[cell].tolist()) <= {int(r) for r in allowed}
+        assert np.array_equal(np.sort(fold.known_items), np.setdiff1d(np.arange(N_ITEMS), fold.new_items))
+        # the roles' rows make up the scenarios and the training rows, each row in one place
+        parts = [fold.train, *(s.query for s in fold.scenarios.values()), fold.scenarios["new_user"].support]
+        assert sum(p["rating"].size for p in parts) == user.size
+        assert set().union(*map(_pairs, parts)) == _pairs(ratings)
+    # every user and every rated item is new in exactly one fold
+    assert np.array_equal(np.sort(np.concatenate([f.new_users for f in folds])), np.arange(40))
+    assert np.array_equal(np.sort(np.concatenate([f.new_items for f in folds])), np.unique(item))
+
+
+def test_kfold_hold_out_and_support_sizes_by_hand(ratings: dict[str, np.ndarray], folds: list[Fold]) -> None:
+    user, item = ratings["user_index"], ratings["item_index"]
+    for fold in folds:
+        known_known = ~np.isin(user, fold.new_users) & ~np.isin(item, fold.new_items)
+        revealed = np.isin(user, fold.new_users) & ~np.isin(item, fold.new_items)
+        for u in np.unique(user):
+            n = int((known_known & (user == u)).sum())
+            held = int((fold.roles[user == u] == Role.WARM_QUERY).sum())
+            assert held == min(int(np.floor(0.2 * n + 0.5)), max(n - 1, 0))
+            m = int((revealed & (user == u)).sum())
+            support = int((fold.roles[user == u] == Role.NEW_USER_SUPPORT).sum())
+            assert support == (min(5, m - 1) if m else 0)
+        warm = fold.scenarios["warm"]
+        assert _pairs(warm.support) <= _pairs(fold.train)
+        assert np.bincount(warm.support["user_index"]).max() <= 6  # support_cap
+        assert set(np.unique(warm.support["user_index"])) == set(warm.users)
+        new_item = fold.scenarios["new_item"]
+        assert _pairs(new_item.support) <= _pairs(fold.train)
+        new_both = fold.scenarios["new_both"]
+        nu_support = fold.scenarios["new_user"].support
+        assert _pairs(new_both.support) == {p for p in _pairs(nu_support) if p[0] in set(new_both.users)}
+        assert np.array_equal(fold.scenarios["warm"].items, fold.known_items)
+        assert np.array_equal(fold.scenarios["new_both"].items, fold.new_items)
+
+
+def test_kfold_shots_nest_the_supports_and_keep_one_query_set(folds: list[Fold]) -> None:
+    for fold in folds:
+        shots = fold.shots
+        pool, query = _pairs(shots.pool), _pairs(shots.query)
+        assert pool.isdisjoint(query)
+        nu = fold.scenarios["new_user"]
+        assert pool | query == _pairs(nu.support) | _pairs(nu.query)
+        assert _pairs(nu.support) == _pairs(shots.support(5))  # the main support set is the 5-shot set
+        previous: set[tuple[int, int]] = set()
+        for k in (0, 1, 3, 8):
+            support = shots.support(k)
+            assert previous <= _pairs(support)
+            previous = _pairs(support)
+            assert np.bincount(support["user_index"], minlength=40).max(initial=0) <= k
+        assert shots.support(0)["rating"].size == 0
+
+
+def test_kfold_ranks_every_query_user_or_a_seeded_sample(
+    ratings: dict[str, np.ndarray], folds: list[Fold]
+) -> None:
+    for fold in folds:
+        for scenario in fold.scenarios.values():
+            assert np.array_equal(scenario.ranked_users, scenario.users)
+    sampled = kfold_folds(ratings, N_ITEMS, 4, 5, 0.2, 6, 8, seed=11, topk_users=4)
+    again = kfold_folds(ratings, N_ITEMS, 4, 5, 0.2, 6, 8, seed=11, topk_users=4)
+    for fold, same in zip(sampled, again, strict=True):
+        for name, scenario in fold.scenarios.items():
+            assert scenario.ranked_users.size == min(4, scenario.users.size)
+            assert np.isin(scenario.ranked_users, scenario.users).all()
+            assert np.array_equal(scenario.ranked_users, same.scenarios[name].ranked_users)
+
+
+def test_kfold_is_seeded(ratings: dict[str, np.ndarray], folds: list[Fold]) -> None:
+    again = kfold_folds(ratings, N_ITEMS, 4, 5, 0.2, 6, 8, seed=11)
+    other = kfold_folds(ratings, N_ITEMS, 4, 5, 0.2, 6, 8, seed=12)
+    assert all(np.array_equal(a.roles, b.roles) for a, b in zip(folds, again, strict=True))
+    for a, b in zip(folds, again, strict=True):
+        for name, s in a.scenarios.items():
+            for col in s.support:
+                assert np.array_equal(s.support[col], b.scenarios[name].support[col])
+    assert not all(np.array_equal(a.roles, b.roles) for a, b in zip(folds, other, strict=True))
+
+
+def test_make_folds_dispatches_on_the_protocol(ratings: dict[str, np.ndarray]) -> None:
+    params = load_params(None, ["eval.folds=3", "eval.shots=[0, 2]"])
+    assert len(make_folds(params.eval, ratings, N_ITEMS, seed=0)) == 3
+    melu = load_params(None, ["eval.protocol=melu"]).eval
+    with pytest.raises(ValueError, match="needs the items' release years"):
+        make_folds(melu, ratings, N_ITEMS, seed=0)
+
+
+def test_melu_filters_and_splits_by_hand() -> None:
+    # users 0..3 have 12, 13, 100, 101 ratings: only 1 and 2 take part; users 4..13 have 20 each
+    counts = {0: 12, 1: 13, 2: 100, 3: 101} | {u: 20 for u in range(4, 14)}
+    ratings = _ratings(counts, n_items=120, seed=3)
+    year = np.where(np.arange(120) < 90, 1995.0, 1998.0)  # items 90.. are new
+    year[5] = np.nan  # no year: counts as existing
+    melu = MeluParams(min_ratings=13, max_ratings=100, new_item_year=1998, existing_users=0.75, query_size=4)
+    folds = melu_folds(ratings, year, melu, repeats=2, support_cap=5, seed=0)
+    user, item = ratings["user_index"], ratings["item_index"]
+    for fold in folds:
+        assert (fold.roles[np.isin(user, [0, 3])] == Role.UNUSED).all()
+        assert not (fold.roles[~np.isin(user, [0, 3])] == Role.UNUSED).any()
+        assert np.array_equal(fold.new_items, np.arange(90, 120))
+        assert fold.new_users.size == 3  # 12 taking part, 75% existing: 9 known, 3 new
+        assert not np.isin(fold.new_users, [0, 3]).any()
+        for u in (1, 2, *range(4, 14)):
+            for is_new_item, q_role, s_roles in (
+                (False, {Role.WARM_QUERY, Role.NEW_USER_QUERY}, {Role.TRAIN, Role.NEW_USER_SUPPORT}),
+                (
+                    True,
+                    {Role.NEW_ITEM_QUERY, Role.NEW_BOTH_QUERY},
+                    {Role.NEW_ITEM_SUPPORT, Role.NEW_BOTH_SUPPORT},
+                ),
+            ):
+                rows = (user == u) & ((item >= 90) == is_new_item)
+                n = int(rows.sum())
+                n_query = int(np.isin(fold.roles[rows], list(q_role)).sum())
+                assert n_query == (min(4, max(n - 1, 1)) if n else 0)
+                assert int(np.isin(fold.roles[rows], list(s_roles)).sum()) == n - n_query
+        new_item = fold.scenarios["new_item"]
+        assert (new_item.support["item_index"] >= 90).all()  # MeLU: support from the same cell
+        assert np.bincount(fold.scenarios["warm"].support["user_index"]).max() <= 5
+        shots = fold.shots
+        assert _pairs(shots.query) == _pairs(fold.scenarios["new_user"].query)
+        assert _pairs(shots.support(100)) == _pairs(fold.scenarios["new_user"].support)
+    assert not np.array_equal(folds[0].new_users, folds[1].new_users) or not np.array_equal(
+        folds[0].roles, folds[1].roles
+    )
+    # the filter applies to the given counts (the implicit task passes the real ratings per user)
+    counted = np.bincount(user) + np.r_[1, np.zeros(13, int)]  # user 0 counts 13
+    (fold,) = melu_folds(ratings, year, melu, repeats=1, support_cap=5, seed=0, rating_counts=counted)
+    assert not (fold.roles[user == 0] == Role.UNUSED).any()
+
+
+def test_melu_without_years_is_a_clear_error() -> None:
+    ratings = _ratings({0: 20, 1: 20}, n_items=30)
+    with pytest.raises(ValueError, match="needs item release years"):
+        melu_folds(ratings, np.full(30, np.nan), MeluParams(), repeats=2, support_cap=5, seed=0)

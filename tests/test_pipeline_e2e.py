@@ -31,10 +31,12 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(
 
     cv = json.loads((root / "metrics" / "cv.json").read_text())
     models = cv["scenarios"]["new_user"]
-    assert set(models) == {"global_mean", "linear_bias", "lightgbm", "meta"}
-    for metrics in models.values():
-        assert set(metrics) >= {"mae", "rmse", "ndcg@3"}
-        assert 0 < metrics["mae"]["mean"] < 4
+    assert set(models) == set(load_params(root / "params.yaml").eval.models)
+    for name, metrics in models.items():
+        assert set(metrics) >= {"ndcg@3", "recall@10"}
+        if name != "lightgbm_rank":  # ranking scores only
+            assert set(metrics) >= {"mae", "rmse"}
+            assert 0 < metrics["mae"]["mean"] < 4
     assert "meta" in result["table"] and "linear_bias" in result["table"]
     assert result["registration"]["alias"] == "champion"
     assert load_params(root / "params.yaml").data.source == "synthetic"  # overrides recorded for DVC
@@ -69,3 +71,20 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
 
     result = retrain(params_file="params.yaml", overrides=[], root=str(root))
     assert result["registration"] == first  # nothing re-ran, nothing re-registered
+
+    # Two commits with different evaluations: `dvc metrics diff` and `dvc plots diff` compare them.
+    git = ("git", "-c", "user.name=metarec", "-c", "user.email=metarec@example.com")
+    sh(*git, "add", "-A", cwd=root)
+    sh(*git, "commit", "-qm", "first evaluation", cwd=root)
+    before = json.loads((root / "metrics" / "cv.json").read_text())
+    write_overrides(root / "params.yaml", ["eval.support_size=3"])
+    assert stages_run(sh(str(BIN / "dvc"), "repro", "evaluate", cwd=root)) == ["evaluate"]
+    diff = json.loads(sh(str(BIN / "dvc"), "metrics", "diff", "HEAD", "--json", cwd=root))
+    key = "scenarios.new_user.meta.mae.mean"
+    after = json.loads((root / "metrics" / "cv.json").read_text())
+    assert diff["metrics/cv.json"][key]["old"] == before["scenarios"]["new_user"]["meta"]["mae"]["mean"]
+    assert diff["metrics/cv.json"][key]["new"] == after["scenarios"]["new_user"]["meta"]["mae"]["mean"]
+    plots = json.loads(sh(str(BIN / "dvc"), "plots", "diff", "HEAD", "--json", cwd=root))
+    shown = json.dumps(plots)
+    assert "new_user support-size curve" in shown and "plots/evaluation/new_user.json" in shown
+    assert "plots/train_curve.json" in shown

@@ -3,31 +3,51 @@
 Every row is a (user, query item) pair described by: the user's attribute codes and the item's codes
 (as plain numbers: native categorical splits overfit the ~20 occupations and zip regions of
 MovieLens-100k), genres and a few PCA components of its text embedding; the item's rating statistics
-over training users (mean, count, mean shrunk towards the global mean); the user's support-set
-statistics (mean rating, count, mean residual against the shrunk item means, std); and the bias estimate
-``shrunk item mean + shrunk user residual``, which is also the boosting's starting score, so the trees
-learn corrections to it.
+over the training ratings (mean, count, mean shrunk towards the global mean); the statistics of the
+user's evidence (mean rating, count, mean residual against the shrunk item means, std); and the bias
+estimate ``shrunk item mean + shrunk user residual`` (binary: its logit), which is also the boosting's
+starting score, so the trees learn corrections to it.
+
+Objectives: ``"regression"`` (squared error on ratings; predictions clipped to the rating scale),
+``"binary"`` (log loss on 0/1 labels; scores are P(label 1)) and ``"lambdarank"`` (LambdaMART grouped by
+user, relevance = the rating rounded to an int, gain ``2**rel - 1``; the scores only rank one user's items
+and are not ratings).
 
 Train and test features must mean the same thing. A new user at test time reveals only a support set and
 is in no item statistic, so each training user gets a *simulated* support/query split of the same
-``support_size``, and the item statistics of its rows come from the training users of the other
+``support_size``, and the item statistics of its rows come from the training ratings of the other
 ``stat_folds`` user folds (out-of-fold target statistics; leaving out only the row's own rating would leak
-the target, since the left-out mean falls as the rating rises).
+the target, since the left-out mean falls as the rating rises). A new item has no statistic, only
+attributes and text, so for each fold's users a seeded ``new_item_share`` of the items is hidden from the
+statistics: the trees also learn to score items from content alone. At predict, a user's evidence is its
+support rows plus, for a known user, its training rows (each row once).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
 
-from pipeline.baselines.base import clip_to_scale, training_ratings
+from pipeline.baselines.base import (
+    check_objective,
+    check_rows,
+    clip_to_scale,
+    logit,
+    sigmoid,
+    unseen_support,
+)
 from pipeline.evaluation.splits import select_rows, support_mask, user_folds
 from pipeline.features.store import FeatureSet
 
 log = logging.getLogger(__name__)
+
+LightGBMObjective = Literal["regression", "binary", "lambdarank"]
+NAMES = {"regression": "lightgbm", "lambdarank": "lightgbm_rank", "binary": "lightgbm"}
+MAX_RELEVANCE = 30  # LightGBM's default label_gain covers relevances 0..30
 
 
 def text_pca(item_text: np.ndarray, n_components: int) -> np.ndarray:
@@ -69,6 +89,13 @@ def out_of_fold_item_totals(
     return total_sum - in_fold_sum, total_count - in_fold_count, stat_row_of_user
 
 
+def hidden_items(n_rows: int, n_items: int, share: float, seed: int) -> np.ndarray:
+    """Bool [n_rows, n_items]: which items row g >= 1 of the statistics treats as new (row 0: none)."""
+    hide = np.random.default_rng(seed).random((n_rows, n_items)) < share
+    hide[0] = False
+    return hide
+
+
 def default_threads() -> int:
     """All cores but one. LightGBM's OpenMP threads spin at barriers: with every core in use and anything
     else running (another stage, the test runner), one fit was measured 5-10x slower on 2 cores."""
@@ -76,14 +103,13 @@ def default_threads() -> int:
 
 
 class LightGBMModel:
-    """LGBMRegressor on user/item/support-set features; seeded and deterministic."""
-
-    name = "lightgbm"
+    """LightGBM (regression, binary or lambdarank) on user/item/evidence features; seeded, deterministic."""
 
     def __init__(
         self,
         support_size: int,
         seed: int,
+        objective: LightGBMObjective = "regression",
         n_estimators: int = 200,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
@@ -92,15 +118,23 @@ class LightGBMModel:
         item_shrinkage: float = 10.0,
         user_shrinkage: float = 5.0,
         stat_folds: int = 5,
+        new_item_share: float = 0.2,
         num_threads: int | None = None,
     ) -> None:
+        if not 0 <= new_item_share < 1:
+            raise ValueError(f"new_item_share must be in [0, 1), got {new_item_share}")
+        self.objective = check_objective(objective, tuple(NAMES))
+        self.name = NAMES[objective]
+        self.predicts_ratings = objective == "regression"
         self.support_size = support_size
         self.seed = seed
         self.text_components = text_components
         self.item_shrinkage = item_shrinkage
         self.user_shrinkage = user_shrinkage
         self.stat_folds = stat_folds
-        self.regressor = lgb.LGBMRegressor(
+        self.new_item_share = new_item_share
+        self.booster = lgb.LGBMModel(
+            objective=objective,
             n_estimators=n_estimators,
             learning_rate=learning_rate,
             num_leaves=num_leaves,
@@ -115,7 +149,7 @@ class LightGBMModel:
         self.item_sum = np.zeros((1, 0))
         self.item_count = np.zeros((1, 0))
         self.text = np.zeros((0, 0))
-        self.fitted = False
+        self.train: dict[str, np.ndarray] = {}
 
     def _item_stats(self, items: np.ndarray, stat_row: np.ndarray) -> tuple[np.ndarray, ...]:
         """(mean, count, shrunk mean) of ``items`` from row ``stat_row`` of the item statistics."""
@@ -129,26 +163,27 @@ class LightGBMModel:
     def _features(
         self,
         fs: FeatureSet,
-        support: dict[str, np.ndarray],
+        evidence: dict[str, np.ndarray],
         query: dict[str, np.ndarray],
         stat_row_of_user: np.ndarray,
     ) -> np.ndarray:
         """Feature matrix of the query rows; its last column is the bias estimate (the starting score)."""
-        s_user = support["user_index"].astype(np.int64)
-        s_rating = support["rating"].astype(np.float64)
-        _, _, s_shrunk = self._item_stats(support["item_index"].astype(np.int64), stat_row_of_user[s_user])
+        e_user, e_rating = evidence["user_index"], evidence["rating"]
+        _, _, e_shrunk = self._item_stats(evidence["item_index"], stat_row_of_user[e_user])
         n = fs.n_users
-        count = np.bincount(s_user, minlength=n).astype(np.float64)
-        resid_sum = np.bincount(s_user, weights=s_rating - s_shrunk, minlength=n)
+        count = np.bincount(e_user, minlength=n).astype(np.float64)
+        resid_sum = np.bincount(e_user, weights=e_rating - e_shrunk, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            u_mean = np.bincount(s_user, weights=s_rating, minlength=n) / count
-            u_sq = np.bincount(s_user, weights=s_rating**2, minlength=n) / count
+            u_mean = np.bincount(e_user, weights=e_rating, minlength=n) / count
+            u_sq = np.bincount(e_user, weights=e_rating**2, minlength=n) / count
             u_resid = resid_sum / count
         u_std = np.sqrt(np.maximum(u_sq - u_mean**2, 0.0))
         u_bias = resid_sum / (count + self.user_shrinkage)
-        q_user = query["user_index"].astype(np.int64)
-        q_item = query["item_index"].astype(np.int64)
+        q_user, q_item = query["user_index"], query["item_index"]
         i_mean, i_count, i_shrunk = self._item_stats(q_item, stat_row_of_user[q_user])
+        estimate = i_shrunk + u_bias[q_user]
+        if self.objective == "binary":
+            estimate = logit(estimate, eps=0.01)
         stats = [i_mean, i_count, i_shrunk, u_mean[q_user], count[q_user], u_resid[q_user], u_std[q_user]]
         return np.column_stack(
             [
@@ -157,37 +192,65 @@ class LightGBMModel:
                 fs.item_multi[q_item],
                 self.text[q_item],
                 *stats,
-                i_shrunk + u_bias[q_user],
+                estimate,
             ]
         ).astype(np.float64)
 
-    def fit(self, fs: FeatureSet, train_users: np.ndarray) -> None:
-        rows = training_ratings(fs, train_users)
-        users = rows["user_index"].astype(np.int64)
-        items = rows["item_index"].astype(np.int64)
-        rating = rows["rating"].astype(np.float64)
+    def _rows(self, fs: FeatureSet, rows: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+        checked = check_rows(fs, rows, what, self.objective)
+        if self.objective == "lambdarank":
+            rel = np.rint(checked["rating"])
+            bad = (rel < 0) | (rel > MAX_RELEVANCE)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(
+                    f"{what}: row {row}, column 'rating' is {checked['rating'][row]}, not a relevance in "
+                    f"0..{MAX_RELEVANCE} (objective 'lambdarank')"
+                )
+        return checked
+
+    def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
+        rows = self._rows(fs, train, "train")
+        users, items, rating = rows["user_index"], rows["item_index"], rows["rating"]
         self.global_mean = float(rating.mean())
         self.text = text_pca(fs.item_text, self.text_components)
-
-        fold_seed, split_seed = (
-            int(c.generate_state(1)[0]) for c in np.random.SeedSequence(self.seed).spawn(2)
+        fold_seed, split_seed, item_seed = (
+            int(c.generate_state(1)[0]) for c in np.random.SeedSequence(self.seed).spawn(3)
         )
         folds = user_folds(users, self.stat_folds, fold_seed)
         self.item_sum, self.item_count, stat_row_of_user = out_of_fold_item_totals(
             users, items, rating, fs.n_users, fs.n_items, folds
         )
+        hide = hidden_items(len(folds) + 1, fs.n_items, self.new_item_share, item_seed)
+        self.item_sum[hide] = self.item_count[hide] = 0.0
 
         is_support = support_mask(users, self.support_size, split_seed)
         query = select_rows(rows, ~is_support)
+        query = select_rows(query, np.argsort(query["user_index"], kind="stable"))
         x = self._features(fs, select_rows(rows, is_support), query, stat_row_of_user)
-        self.regressor.fit(x, query["rating"].astype(np.float64), init_score=x[:, -1].copy())
-        self.fitted = True
-        log.debug("lightgbm: trained on %d simulated query rows x %d features", *x.shape)
+        target = query["rating"]
+        group = None
+        if self.objective == "lambdarank":
+            target = np.rint(target).astype(np.int64)
+            group = np.unique(query["user_index"], return_counts=True)[1]
+        self.booster.fit(x, target, init_score=x[:, -1].copy(), group=group)
+        self.train = rows
+        log.debug("%s: trained on %d simulated query rows x %d features", self.name, *x.shape)
 
     def predict(
         self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
     ) -> np.ndarray:
-        if not self.fitted:
+        if not self.train:
             raise RuntimeError("LightGBMModel.predict called before fit")
-        x = self._features(fs, support, query, np.zeros(fs.n_users, dtype=np.int64))
-        return clip_to_scale(fs, self.regressor.predict(x) + x[:, -1])
+        s = self._rows(fs, support, "support")
+        q = check_rows(fs, query, "query")
+        if q["user_index"].size == 0:
+            return np.zeros(0)
+        known = np.isin(self.train["user_index"], q["user_index"])
+        unseen = unseen_support(fs, self.train, s)
+        evidence = {c: np.r_[self.train[c][known], s[c][unseen]] for c in s}
+        x = self._features(fs, evidence, q, np.zeros(fs.n_users, dtype=np.int64))
+        raw = np.asarray(self.booster.predict(x, raw_score=True), dtype=np.float64) + x[:, -1]
+        if self.objective == "regression":
+            return clip_to_scale(fs, raw)
+        return sigmoid(raw) if self.objective == "binary" else raw

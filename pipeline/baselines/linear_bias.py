@@ -1,12 +1,19 @@
-"""Biases-only model R(u, i) = θ0 + θu + θi: the classic strong baseline for rating prediction.
+"""Biases-only model z(u, i) = θ0 + θu + θi: the classic strong baseline for rating prediction.
 
-Training minimises, over the training users' ratings,
+Training minimises, over the training ratings,
 
-    J = Σ (r - θ0 - θu - θi)² + l2_user · Σ_u θu² + l2_item · Σ_i θi²
+    J = Σ loss(r, z) + l2_user · Σ_u θu² + l2_item · Σ_i θi²
 
-by full-batch Adam for a fixed number of iterations (numpy; zero init, so deterministic). A new user's θu
-minimises the same objective restricted to the user's support set with θ0 and θi frozen, which has the
-closed form ``θu = Σ_support (r - θ0 - θi) / (|support| + l2_user)``.
+with loss ``(r - z)²`` and prediction ``z`` clipped to the rating scale (objective "regression"), or
+the log loss of ``sigmoid(z)`` against the 0/1 label and prediction ``sigmoid(z)`` (objective "binary"),
+by full-batch Adam for a fixed number of iterations (numpy; fixed init, so deterministic).
+
+At predict, the θu of every user with support rows (other than repeats of its training rows) is
+refitted on all the user's rows (its training rows, if it is a known user, plus those support rows) with
+θ0 and θi frozen: in closed form ``θu = Σ (r - θ0 - θi) / (n + l2_user)`` for regression, by Newton's
+method for binary. A known user without new support keeps its trained θu; a new user without support
+gets θu = 0. A new item (no training rating) has θi = 0: its score is θ0 + θu, item attributes are not
+used.
 """
 
 from __future__ import annotations
@@ -16,26 +23,62 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.baselines.base import clip_to_scale, training_ratings
+from pipeline.baselines.base import (
+    Objective,
+    check_objective,
+    check_rows,
+    clip_to_scale,
+    logit,
+    sigmoid,
+    unseen_support,
+)
 from pipeline.features.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
 
-def new_user_bias(residual: np.ndarray, user: np.ndarray, n_users: int, l2_user: float) -> np.ndarray:
-    """Closed-form θu per user index from the support residuals ``r - θ0 - θi`` (0 for an empty support)."""
-    sums = np.bincount(user, weights=residual, minlength=n_users)
-    counts = np.bincount(user, minlength=n_users)
-    return sums / (counts + l2_user)
+def fit_user_bias(
+    offset: np.ndarray,
+    rating: np.ndarray,
+    user: np.ndarray,
+    n_users: int,
+    l2_user: float,
+    objective: str = "regression",
+    start: np.ndarray | None = None,
+    newton_steps: int = 25,
+) -> np.ndarray:
+    """θu per user index minimising ``Σ_rows loss(r, offset + θu) + l2_user · θu²`` (0 for a user
+    without rows).
+
+    ``offset`` is ``θ0 + θi`` of each row. Regression has the closed form ``Σ (r - offset) / (n + l2_user)``.
+    Binary runs ``newton_steps`` Newton steps from ``start`` (default 0), each capped at ±2 so that a user
+    whose labels are all equal and ``l2_user = 0`` (no finite optimum) stays finite.
+    """
+    user = np.asarray(user, dtype=np.int64)
+    counts = np.bincount(user, minlength=n_users).astype(np.float64)
+    denom = counts + l2_user
+    if objective == "regression":
+        sums = np.bincount(user, weights=rating - offset, minlength=n_users)
+        return np.divide(sums, denom, out=np.zeros(n_users), where=denom > 0)
+    theta = np.zeros(n_users) if start is None else np.array(start, dtype=np.float64)
+    has_rows = counts > 0
+    for _ in range(newton_steps):
+        p = sigmoid(offset + theta[user])
+        grad = np.bincount(user, weights=p - rating, minlength=n_users) + 2 * l2_user * theta
+        hess = np.bincount(user, weights=p * (1 - p), minlength=n_users) + 2 * l2_user
+        step = np.divide(grad, hess, out=np.zeros(n_users), where=hess > 0)
+        theta -= np.where(has_rows, np.clip(step, -2.0, 2.0), 0.0)
+    return np.where(has_rows, theta, 0.0)
 
 
 class LinearBias:
-    """θ0 + θu + θi, fitted by full-batch Adam; new users get θu in closed form from their support set."""
+    """θ0 + θu + θi fitted by full-batch Adam; θu refitted at predict from each user's rows."""
 
     name = "linear_bias"
 
     def __init__(
         self,
+        objective: Objective = "regression",
         l2_user: float = 5.0,
         l2_item: float = 10.0,
         iterations: int = 400,
@@ -44,6 +87,8 @@ class LinearBias:
     ) -> None:
         if l2_user < 0 or l2_item < 0:
             raise ValueError("l2_user and l2_item must be >= 0")
+        self.objective = check_objective(objective)
+        self.predicts_ratings = objective == "regression"
         self.l2_user = l2_user
         self.l2_item = l2_item
         self.iterations = iterations
@@ -52,23 +97,28 @@ class LinearBias:
         self.theta0: float | None = None
         self.user_bias = np.zeros(0)
         self.item_bias = np.zeros(0)
+        self.train: dict[str, np.ndarray] = {}
 
-    def fit(self, fs: FeatureSet, train_users: np.ndarray) -> None:
-        rows = training_ratings(fs, train_users)
-        u = rows["user_index"].astype(np.int64)
-        i = rows["item_index"].astype(np.int64)
-        r = rows["rating"].astype(np.float64)
+    def _dloss_dz(self, rating: np.ndarray, z: np.ndarray) -> np.ndarray:
+        if self.objective == "regression":
+            return -2.0 * (rating - z)
+        return sigmoid(z) - rating
+
+    def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
+        rows = check_rows(fs, train, "train", self.objective)
+        u, i, r = rows["user_index"], rows["item_index"], rows["rating"]
         n = r.size
-        theta = [np.array([r.mean()]), np.zeros(fs.n_users), np.zeros(fs.n_items)]
+        start = r.mean() if self.objective == "regression" else logit(r.mean())
+        theta = [np.array([start]), np.zeros(fs.n_users), np.zeros(fs.n_items)]
         m = [np.zeros_like(t) for t in theta]
         v = [np.zeros_like(t) for t in theta]
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         for step in tqdm(range(1, self.iterations + 1), desc="linear_bias", disable=not self.progress):
-            err = r - theta[0][0] - theta[1][u] - theta[2][i]
+            dz = self._dloss_dz(r, theta[0][0] + theta[1][u] + theta[2][i])
             grads = [
-                np.array([-2.0 * err.sum()]) / n,
-                2.0 * (self.l2_user * theta[1] - np.bincount(u, weights=err, minlength=fs.n_users)) / n,
-                2.0 * (self.l2_item * theta[2] - np.bincount(i, weights=err, minlength=fs.n_items)) / n,
+                np.array([dz.sum()]) / n,
+                (2.0 * self.l2_user * theta[1] + np.bincount(u, weights=dz, minlength=fs.n_users)) / n,
+                (2.0 * self.l2_item * theta[2] + np.bincount(i, weights=dz, minlength=fs.n_items)) / n,
             ]
             lr = self.learning_rate * 0.5 * (1.0 + np.cos(np.pi * (step - 1) / self.iterations))
             for t, g, m_t, v_t in zip(theta, grads, m, v, strict=True):
@@ -79,16 +129,38 @@ class LinearBias:
                 t -= lr * (m_t / (1 - beta1**step)) / (np.sqrt(v_t / (1 - beta2**step)) + eps)
         self.theta0 = float(theta[0][0])
         self.user_bias, self.item_bias = theta[1], theta[2]
+        self.item_bias[np.bincount(i, minlength=fs.n_items) == 0] = 0.0
+        self.train = rows
         log.debug("linear_bias: θ0=%.4f after %d iterations on %d ratings", self.theta0, self.iterations, n)
+
+    def _fitted_theta0(self) -> float:
+        if self.theta0 is None:
+            raise RuntimeError("LinearBias used before fit")
+        return self.theta0
+
+    def user_biases(self, fs: FeatureSet, support: dict[str, np.ndarray]) -> np.ndarray:
+        """θu of every user index given the support rows (see the module docstring)."""
+        theta0 = self._fitted_theta0()
+        s = check_rows(fs, support, "support", self.objective)
+        s = {c: v[unseen_support(fs, self.train, s)] for c, v in s.items()}
+        theta_u = self.user_bias.copy()
+        refit = np.unique(s["user_index"])
+        if refit.size == 0:
+            return theta_u
+        known = np.isin(self.train["user_index"], refit)
+        user = np.r_[self.train["user_index"][known], s["user_index"]]
+        item = np.r_[self.train["item_index"][known], s["item_index"]]
+        rating = np.r_[self.train["rating"][known], s["rating"]]
+        offset = theta0 + self.item_bias[item]
+        refitted = fit_user_bias(offset, rating, user, fs.n_users, self.l2_user, self.objective, theta_u)
+        theta_u[refit] = refitted[refit]
+        return theta_u
 
     def predict(
         self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
     ) -> np.ndarray:
-        if self.theta0 is None:
-            raise RuntimeError("LinearBias.predict called before fit")
-        s_items = support["item_index"].astype(np.int64)
-        residual = support["rating"].astype(np.float64) - self.theta0 - self.item_bias[s_items]
-        theta_u = new_user_bias(residual, support["user_index"].astype(np.int64), fs.n_users, self.l2_user)
-        q_users = query["user_index"].astype(np.int64)
-        q_items = query["item_index"].astype(np.int64)
-        return clip_to_scale(fs, self.theta0 + theta_u[q_users] + self.item_bias[q_items])
+        theta0 = self._fitted_theta0()
+        theta_u = self.user_biases(fs, support)
+        q = check_rows(fs, query, "query")
+        z = theta0 + theta_u[q["user_index"]] + self.item_bias[q["item_index"]]
+        return clip_to_scale(fs, z) if self.objective == "regression" else sigmoid(z)

@@ -1,142 +1,346 @@
-"""Stage ``evaluate``: K-fold cross-validation over users of every model in ``eval.models``.
+"""Stage ``evaluate``: every model of ``eval.models`` on the same folds, in four cold-start scenarios.
 
-Every model sees the same folds and the same support/query sets, so per-fold numbers can be compared
-pairwise. The result is plain JSON (``metrics/cv.json``) and, for ``dvc plots``, one MAE row per model.
+The protocol (:mod:`pipeline.evaluation.protocols`) gives each fold its training rows and the support and
+query rows of ``warm``, ``new_user``, ``new_item`` and ``new_both``. Each model is fitted ONCE per fold on
+the training rows, then scores all four scenarios and the support-size curve. Every metric is reported
+as mean, standard deviation and 95% t-interval over folds; per scenario, a paired Wilcoxon test over
+users compares ``meta`` with the best baseline. Outputs: ``metrics/cv.json``, ``metrics/shots.json``, the
+DVC plot data in ``plots/evaluation/`` and the report ``reports/evaluation/report.md``.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.baselines.base import ColdStartModel
-from pipeline.baselines.global_mean import GlobalMean
-from pipeline.baselines.lightgbm_model import LightGBMModel
-from pipeline.baselines.linear_bias import LinearBias
-from pipeline.evaluation.meta_adapter import MetaModel
-from pipeline.evaluation.metrics import mae, ndcg_at_k, rmse
-from pipeline.evaluation.splits import kfold_splits
+from pipeline.baselines.base import Objective
+from pipeline.evaluation.implicit import implicit_feature_set
+from pipeline.evaluation.models import META_MODELS, build_model
+from pipeline.evaluation.protocols import make_folds
+from pipeline.evaluation.report import scenario_plot_rows, write_report
+from pipeline.evaluation.scenarios import Scoring, score_scenarios
+from pipeline.evaluation.shots import ShotsPerFold, score_shots, shots_plot_rows, shots_summary
+from pipeline.evaluation.splits import SCENARIO_NAMES, Fold
+from pipeline.evaluation.stats import paired_wilcoxon, summarize
 from pipeline.features.store import FeatureSet, load_feature_set
-from pipeline.io import write_json
+from pipeline.io import atomic_dir, write_json
 from pipeline.params import Params
 from pipeline.paths import Paths
 
 log = logging.getLogger(__name__)
 
-SCENARIO = "new_user"
+GATE_SCENARIO = "new_user"
+GATE_MODEL = "meta"
+TABLE_METRICS = ("mae", "rmse", "auc", "ndcg@", "recall@", "hr@")
+# scenario -> model -> metric -> one value per fold (None where undefined)
+PerFold = dict[str, dict[str, dict[str, list[float | None]]]]
+# scenario -> model -> metric -> per fold (users, values)
+UserValues = dict[str, dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]]
 
 
-def build_model(name: str, params: Params, seed: int) -> ColdStartModel:
-    """A fresh, unfitted model called ``name`` (one of ``EvalParams.models``)."""
-    if name == "global_mean":
-        return GlobalMean()
-    if name == "linear_bias":
-        return LinearBias()
-    if name == "lightgbm":
-        return LightGBMModel(support_size=params.eval.support_size, seed=seed)
-    if name == "meta":
-        return MetaModel(params.train.model_dump(), seed=seed, progress=True)
-    raise ValueError(f"eval.models: unknown model {name!r}")
+@dataclass(frozen=True)
+class Evaluation:
+    """The stage's results: ``cv`` (``metrics/cv.json``), ``shots`` (``metrics/shots.json``), and the
+    seconds each model spent fitting and scoring per fold (``{model: {"fit": [...], "score": [...]}}``;
+    not part of the metrics, which must not depend on the machine)."""
+
+    cv: dict[str, Any]
+    shots: dict[str, Any]
+    timings: dict[str, dict[str, list[float]]]
 
 
-def score(user: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, ndcg_k: int) -> dict[str, float]:
-    """MAE, RMSE and nDCG@k of one model on one fold's query set."""
-    return {
-        "mae": mae(y_true, y_pred),
-        "rmse": rmse(y_true, y_pred),
-        f"ndcg@{ndcg_k}": ndcg_at_k(user, y_true, y_pred, ndcg_k),
-    }
+def task_data(params: Params, fs: FeatureSet) -> tuple[FeatureSet, Scoring, Objective]:
+    """The feature set the models see (implicit task: 0/1 labels with sampled negatives), how scenarios
+    are scored, and the models' objective."""
+    t, ev = params.task, params.eval
+    if t.kind == "implicit":
+        seed = int(np.random.SeedSequence([params.seed, 1]).generate_state(1)[0])
+        data = implicit_feature_set(fs, t.positive_threshold, t.negatives, seed)
+        return data, Scoring(True, 1.0, ev.ndcg_ks, ev.top_k), "binary"
+    return fs, Scoring(False, t.positive_threshold, ev.ndcg_ks, ev.top_k), "regression"
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof=1) over folds."""
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+def _mean_per_user(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the mean of its values over the folds it appears in; users ascending."""
+    users = np.concatenate([u for u, _ in parts])
+    values = np.concatenate([v for _, v in parts])
+    uniq, codes = np.unique(users, return_inverse=True)
+    return uniq, np.bincount(codes, weights=values) / np.bincount(codes)
 
 
-def cross_validate(params: Params, fs: FeatureSet) -> dict[str, Any]:
-    """Run every model of ``eval.models`` on the same seeded user folds (scenario ``new_user``).
+def _summaries(per_fold: PerFold) -> dict[str, Any]:
+    """``{scenario: {model: {metric: summarize(defined values)}}}``; metrics undefined in every fold are
+    left out."""
+    out: dict[str, Any] = {}
+    for scenario, models in per_fold.items():
+        out[scenario] = {}
+        for model, metrics in models.items():
+            defined = {m: [v for v in values if v is not None] for m, values in metrics.items()}
+            out[scenario][model] = {m: summarize(v) for m, v in defined.items() if v}
+    return out
 
-    Returns ``{"scenarios": {"new_user": {model: {metric: {"mean", "std"}}}}, "protocol": "kfold",
-    "folds", "support_size", "seed", "per_fold": {"new_user": {model: {metric: [one value per fold]}}}}``.
-    Fold f's models are seeded with ``seed + f``; the same data and params give the same result.
+
+def paired_tests(summary: dict[str, Any], user_values: UserValues, scoring: Scoring) -> dict[str, Any]:
+    """Per scenario: ``meta`` against the baseline (any model but meta/meta_no_text) with the best mean of
+    the primary metric, Wilcoxon signed-rank over users, one-sided in meta's favour."""
+    metric = scoring.primary
+    tests: dict[str, Any] = {}
+    for scenario, models in summary.items():
+        if metric not in models.get(GATE_MODEL, {}):
+            continue
+        baselines = [m for m in models if m not in META_MODELS and metric in models[m]]
+        if not baselines:
+            continue
+        pick = min if scoring.lower_is_better else max
+        best = pick(baselines, key=lambda m: models[m][metric]["mean"])
+        mine = _mean_per_user(user_values[scenario][GATE_MODEL][metric])
+        theirs = _mean_per_user(user_values[scenario][best][metric])
+        alternative = "less" if scoring.lower_is_better else "greater"
+        test = paired_wilcoxon(*mine, *theirs, alternative=alternative)
+        tests[scenario] = {"model": GATE_MODEL, "against": best, "metric": metric, **test}
+    return tests
+
+
+def text_ablation(per_fold: PerFold, scoring: Scoring) -> dict[str, Any]:
+    """Per scenario: the relative improvement of ``meta`` over ``meta_no_text`` in the primary metric, per
+    fold (``(no_text - meta) / no_text`` for an error, the reverse for AUC), summarised over folds."""
+    metric = scoring.primary
+    out = {}
+    for scenario, models in per_fold.items():
+        mine = models.get("meta", {}).get(metric)
+        theirs = models.get("meta_no_text", {}).get(metric)
+        if not mine or not theirs:
+            continue
+        pairs = [(a, b) for a, b in zip(mine, theirs, strict=True) if a is not None and b is not None]
+        if not pairs:
+            continue
+        sign = 1.0 if scoring.lower_is_better else -1.0
+        rel = [sign * (b - a) / b for a, b in pairs]
+        out[scenario] = {"metric": metric, **summarize(rel), "per_fold": rel}
+    return out
+
+
+def _sizes(folds: list[Fold]) -> dict[str, Any]:
+    out: dict[str, Any] = {"train_rows": [int(f.train["rating"].size) for f in folds]}
+    for name in SCENARIO_NAMES:
+        scenarios = [f.scenarios[name] for f in folds]
+        out[name] = {
+            "query_rows": [int(s.query["rating"].size) for s in scenarios],
+            "query_users": [int(s.users.size) for s in scenarios],
+            "support_rows": [int(s.support["rating"].size) for s in scenarios],
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model on one fold: ``metrics[scenario][metric]`` (None where undefined), per-user values
+    ``per_user[scenario][metric] = (users, values)``, the support-size curve ``shots[k][metric]``, and the
+    seconds spent fitting and scoring."""
+
+    metrics: dict[str, dict[str, float | None]]
+    per_user: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    shots: dict[int, dict[str, float | None]]
+    fit_s: float
+    score_s: float
+
+
+def evaluate_model(
+    name: str,
+    params: Params,
+    data: FeatureSet,
+    fold: Fold,
+    scoring: Scoring,
+    objective: Objective,
+    threads: int | None = None,
+) -> ModelResult:
+    """Fit model ``name`` on the fold's training rows (seed ``seed + fold.index``); score the four
+    scenarios and the support-size curve. ``threads``: LightGBM's threads (default: its own)."""
+    fold_fs = replace(data, ratings=fold.train)
+    start = time.perf_counter()
+    model = build_model(name, params, seed=params.seed + fold.index, objective=objective, threads=threads)
+    model.fit(fold_fs, fold.train)
+    fitted = time.perf_counter()
+    scored = score_scenarios(model, fold_fs, list(fold.scenarios.values()), fold.train, scoring)
+    shots = score_shots(model, fold_fs, fold.shots, params.eval.shots, scoring)
+    result = ModelResult(
+        metrics={scenario: dict(r.metrics) for scenario, r in scored.items()},
+        per_user={scenario: dict(r.per_user) for scenario, r in scored.items()},
+        shots={k: dict(r.metrics) for k, r in shots.items()},
+        fit_s=fitted - start,
+        score_s=time.perf_counter() - fitted,
+    )
+    log.info(
+        "fold %d %s: fit %.1fs, scoring %.1fs; new_user %s",
+        fold.index,
+        name,
+        result.fit_s,
+        result.score_s,
+        {m: result.metrics["new_user"].get(m) for m in (scoring.primary, "ndcg@3")},
+    )
+    return result
+
+
+def _start_worker(torch_threads: int) -> None:
+    """Worker processes share the cores: each gets its share of torch's threads."""
+    import torch
+
+    torch.set_num_threads(torch_threads)
+
+
+def _evaluate_all(
+    params: Params, data: FeatureSet, folds: list[Fold], scoring: Scoring, objective: Objective
+) -> dict[tuple[int, str], ModelResult]:
+    """Every ``(fold index, model)``'s :class:`ModelResult`: in this process, or with ``eval.workers`` > 1
+    in that many spawned worker processes, which split the cores between them."""
+    jobs = [(fold, name) for fold in folds for name in params.eval.models]
+    workers = min(params.eval.workers, len(jobs))
+    results: dict[tuple[int, str], ModelResult] = {}
+    with tqdm(total=len(jobs), desc="evaluate", unit="fit") as bar:
+        if workers <= 1:
+            for fold, name in jobs:
+                bar.set_postfix(fold=fold.index, model=name)
+                results[fold.index, name] = evaluate_model(name, params, data, fold, scoring, objective)
+                bar.update()
+            return results
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(threads,)
+        ) as pool:
+            futures = {
+                pool.submit(evaluate_model, name, params, data, fold, scoring, objective, threads): (
+                    fold.index,
+                    name,
+                )
+                for fold, name in jobs
+            }
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.set_postfix(fold=futures[future][0], model=futures[future][1])
+                bar.update()
+    return results
+
+
+def cross_validate(params: Params, fs: FeatureSet, item_year: np.ndarray | None = None) -> Evaluation:
+    """Fit every model of ``eval.models`` once per fold of ``eval.protocol``; score the four scenarios and
+    the support-size curve. ``item_year`` (release year per item, NaN if unknown) is needed by ``melu``.
+
+    Fold f's models are seeded with ``seed + f``: the same data and params give the same result.
     """
     ev = params.eval
-    splits = kfold_splits(fs.ratings, ev.folds, ev.support_size, params.seed, scenario=SCENARIO)
-    per_fold: dict[str, dict[str, list[float]]] = {name: {} for name in ev.models}
-    with tqdm(total=len(splits) * len(ev.models), desc="cross-validate", unit="fit") as bar:
-        for f, split in enumerate(splits):
-            support = {c: split.support_set[c] for c in ("user_index", "item_index", "rating")}
-            query = {c: split.query_set[c] for c in ("user_index", "item_index")}
-            y_true = split.query_set["rating"]
-            for name in ev.models:
-                bar.set_postfix(fold=f, model=name)
-                start = time.perf_counter()
-                model = build_model(name, params, seed=params.seed + f)
-                model.fit(fs, split.train_users)
-                y_pred = np.asarray(model.predict(fs, support, query), dtype=np.float64)
-                if y_pred.shape != y_true.shape:
-                    raise ValueError(f"{name}: {y_pred.shape[0]} predictions for {y_true.size} query rows")
-                scores = score(query["user_index"], y_true, y_pred, ev.ndcg_k)
-                for metric, value in scores.items():
-                    per_fold[name].setdefault(metric, []).append(value)
-                log.info(
-                    "fold %d %s: %s in %.1fs",
-                    f,
-                    name,
-                    " ".join(f"{m}={v:.4f}" for m, v in scores.items()),
-                    time.perf_counter() - start,
-                )
-                bar.update()
-    summary = {name: {m: _mean_std(v) for m, v in metrics.items()} for name, metrics in per_fold.items()}
-    return {
-        "scenarios": {SCENARIO: summary},
-        "protocol": "kfold",
+    data, scoring, objective = task_data(params, fs)
+    rating_counts = np.bincount(fs.ratings["user_index"], minlength=fs.n_users)
+    folds = make_folds(ev, data.ratings, data.n_items, params.seed, item_year, rating_counts)
+    per_fold: PerFold = {s: {m: {} for m in ev.models} for s in SCENARIO_NAMES}
+    user_values: UserValues = {s: {m: {} for m in ev.models} for s in SCENARIO_NAMES}
+    shots_per_fold: ShotsPerFold = {m: {k: {} for k in ev.shots} for m in ev.models}
+    timings: dict[str, dict[str, list[float]]] = {m: {"fit": [], "score": []} for m in ev.models}
+    results = _evaluate_all(params, data, folds, scoring, objective)
+    for fold in folds:  # in fold order, wherever the fits ran
+        for name in ev.models:
+            result = results[fold.index, name]
+            for scenario_name, metrics in result.metrics.items():
+                for metric, value in metrics.items():
+                    per_fold[scenario_name][name].setdefault(metric, []).append(value)
+            for scenario_name, pairs in result.per_user.items():
+                for metric, pair in pairs.items():
+                    user_values[scenario_name][name].setdefault(metric, []).append(pair)
+            for k, metrics in result.shots.items():
+                for metric, value in metrics.items():
+                    shots_per_fold[name][k].setdefault(metric, []).append(value)
+            timings[name]["fit"].append(result.fit_s)
+            timings[name]["score"].append(result.score_s)
+    summary = _summaries(per_fold)
+    user_ids = np.asarray(fs.vocab["user_ids"])
+    per_user: dict[str, Any] = {GATE_SCENARIO: {}}
+    if GATE_MODEL in ev.models:
+        per_user[GATE_SCENARIO][GATE_MODEL] = {
+            metric: dict(zip(user_ids[u].tolist(), v.tolist(), strict=True))
+            for metric, parts in user_values[GATE_SCENARIO][GATE_MODEL].items()
+            for u, v in [_mean_per_user(parts)]
+        }
+    cv = {
+        "protocol": ev.protocol,
         "folds": ev.folds,
         "support_size": ev.support_size,
         "seed": params.seed,
-        "per_fold": {SCENARIO: per_fold},
+        "task": params.task.kind,
+        "scenarios": summary,
+        "per_fold": per_fold,
+        "per_user": per_user,
+        "tests": paired_tests(summary, user_values, scoring),
+        "ablations": {"use_text": text_ablation(per_fold, scoring)},
+        "sizes": _sizes(folds),
     }
+    return Evaluation(cv, shots_summary(shots_per_fold, ev.shots, scoring), timings)
 
 
-def mae_plot_rows(cv: dict[str, Any]) -> list[dict[str, Any]]:
-    """``[{"model", "mae"}]`` (mean over folds, scenario ``new_user``) for a DVC bar plot."""
-    return [{"model": name, "mae": m["mae"]["mean"]} for name, m in cv["scenarios"][SCENARIO].items()]
-
-
-def format_table(cv: dict[str, Any]) -> str:
-    """The CV metrics as a fixed-width table: one row per scenario and model, ``mean ± std`` per metric."""
+def format_table(cv: dict[str, Any], metrics: tuple[str, ...] | None = None) -> str:
+    """The CV metrics as a fixed-width table: one row per scenario and model, ``mean ± std`` per metric,
+    then the paired tests. ``metrics``: these columns (default: MAE, RMSE, AUC, nDCG, recall and HR; the
+    report has them all)."""
     header = (
-        f"{cv['protocol']}: {cv['folds']} folds over users, support_size={cv['support_size']}, "
-        f"seed={cv['seed']}"
+        f"{cv['protocol']}: {cv['folds']} folds, task={cv.get('task', 'explicit')}, "
+        f"support_size={cv['support_size']}, seed={cv['seed']}"
     )
     rows = [
-        (scenario, model, metrics)
+        (scenario, model, values)
         for scenario, models in cv["scenarios"].items()
-        for model, metrics in models.items()
+        for model, values in models.items()
     ]
-    metric_names = list(rows[0][2]) if rows else []
-    cells = [["scenario", "model", *metric_names]]
-    cells += [
-        [scenario, model, *(f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in metric_names)]
-        for scenario, model, m in rows
-    ]
+    present = dict.fromkeys(m for _, _, values in rows for m in values)
+    names = list(metrics or (m for m in present if m.startswith(TABLE_METRICS)))
+    cells = [["scenario", "model", *names]]
+    for scenario, model, values in rows:
+        shown = [f"{values[n]['mean']:.4f} ± {values[n]['std']:.4f}" if n in values else "" for n in names]
+        cells.append([scenario, model, *shown])
     widths = [max(len(row[c]) for row in cells) for c in range(len(cells[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for scenario, t in cv.get("tests", {}).items():
+        p = "n/a" if t["p_value"] is None else f"{t['p_value']:.3g}"
+        lines.append(
+            f"{scenario}: {t['model']} vs {t['against']} on {t['metric']}: {t['test']} p={p} "
+            f"({t['alternative']}, {t['n_users']} users)"
+        )
     return "\n".join([header, *lines])
 
 
+def read_item_year(paths: Paths, item_ids: list[str]) -> np.ndarray:
+    """Release year per FeatureSet item (``item_ids``: vocab order) from the ingested items table; NaN
+    where unknown. Raises if the table has no ``year`` column."""
+    path = paths.table("items")
+    items = pd.read_parquet(path)
+    if "year" not in items.columns or "item_id" not in items.columns:
+        raise ValueError(f"{path}: no 'year' column; eval.protocol melu needs the items' release years")
+    year = pd.to_numeric(items["year"], errors="coerce").astype("float64")
+    by_id = pd.Series(year.to_numpy(), index=items["item_id"].astype(str))
+    return by_id.reindex(pd.Index(item_ids, dtype=str)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
-    """Stage ``evaluate``: cross-validate on ``paths.features``; write ``metrics/cv.json`` and
-    ``plots/cv_mae.json`` atomically; return the CV result."""
+    """Stage ``evaluate``: cross-validate on ``paths.features``; write ``metrics/cv.json``,
+    ``metrics/shots.json``, ``plots/evaluation/`` and ``reports/evaluation/`` atomically; return cv.json."""
     fs = load_feature_set(paths.features)
-    cv = cross_validate(params, fs)
-    write_json(cv, paths.cv_metrics)
-    write_json(mae_plot_rows(cv), paths.plots / "cv_mae.json")
-    log.info("cross-validation:\n%s", format_table(cv))
-    return cv
+    item_year = read_item_year(paths, fs.vocab["item_ids"]) if params.eval.protocol == "melu" else None
+    result = cross_validate(params, fs, item_year)
+    write_json(result.cv, paths.cv_metrics)
+    write_json(result.shots, paths.shots_metrics)
+    with atomic_dir(paths.evaluation_plots) as tmp:
+        for scenario in SCENARIO_NAMES:
+            write_json(scenario_plot_rows(result.cv, scenario), tmp / f"{scenario}.json")
+        for name, rows in shots_plot_rows(result.shots).items():
+            write_json(rows, tmp / "shots" / f"{name}.json")
+    report = write_report(result.cv, result.shots, paths.evaluation_report)
+    log.info("evaluation written: %s, %s, %s", paths.cv_metrics, paths.shots_metrics, report)
+    return result.cv

@@ -1,17 +1,21 @@
-"""The meta-learner behind the :class:`~pipeline.baselines.base.ColdStartModel` protocol.
+"""The meta-learner family behind the :class:`~pipeline.baselines.base.ColdStartModel` protocol.
 
-The meta-learner takes per-user lists (support items and ratings, query items) while the evaluation
-passes flat column tables; this adapter regroups the tables by user and scatters the predictions back
-onto the query rows.
+The meta-learner trains from per-user tasks (``FeatureSet.tasks``: rows with an ``is_query`` flag) and
+adapts from per-user lists, while the evaluation passes flat column tables. This adapter hands the
+learner tasks made of the training rows only, regroups the support and query tables by user, and
+scatters the predictions back onto the query rows. ``meta``, ``meta_no_text`` and ``finetune`` differ only
+in their config (:mod:`pipeline.evaluation.models`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.evaluation.splits import random_rank
 from pipeline.features.store import FeatureSet
 
 
@@ -48,40 +52,84 @@ def group_rows(user_index: np.ndarray, users: np.ndarray, *columns: np.ndarray) 
     return [[np.asarray(col)[order[s:e]] for s, e in zip(starts, ends, strict=True)] for col in columns]
 
 
-class MetaModel:
-    """Trains a fresh meta-learner on the training users; adapts it to each test user's support set."""
+def training_tasks(
+    tasks: dict[str, np.ndarray], train: dict[str, np.ndarray], seed: int
+) -> dict[str, np.ndarray]:
+    """Meta-training tasks made of the ``train`` rows only (``user_index``, ``item_index``, ``rating``,
+    ``is_query``).
 
-    name = "meta"
+    A row keeps the ``is_query`` flag it has in ``tasks`` (the features stage's split; False for a row
+    ``tasks`` lacks, e.g. a sampled negative). A user left without query rows, or (with two rows or more)
+    without support rows, gets half of its rows (at least one), drawn with ``seed``, moved to the empty
+    side: the meta-learner keeps only users with a query set, and every training user should count.
+    """
+    user = np.asarray(train["user_index"], dtype=np.int64)
+    item = np.asarray(train["item_index"], dtype=np.int64)
+    is_query = np.zeros(user.size, dtype=bool)
+    if tasks and len(tasks["user_index"]):
+        t_user = np.asarray(tasks["user_index"], dtype=np.int64)
+        t_item = np.asarray(tasks["item_index"], dtype=np.int64)
+        width = int(max(item.max(initial=0), t_item.max(initial=0))) + 1
+        t_key = t_user * width + t_item
+        order = np.argsort(t_key, kind="stable")
+        key = user * width + item
+        pos = np.minimum(np.searchsorted(t_key[order], key), order.size - 1)
+        found = t_key[order][pos] == key
+        is_query = found & np.asarray(tasks["is_query"], dtype=bool)[order][pos]
+    rank, size = random_rank(user, seed)
+    n_query = np.bincount(user, weights=is_query, minlength=int(user.max(initial=0)) + 1)[user]
+    half = np.maximum(1, size // 2)
+    is_query = np.where(n_query == 0, rank < half, is_query)
+    is_query = np.where((n_query == size) & (size >= 2), rank >= half, is_query)
+    return {
+        "user_index": user.astype(np.int32),
+        "item_index": item.astype(np.int32),
+        "rating": np.asarray(train["rating"], dtype=np.float32),
+        "is_query": is_query,
+    }
+
+
+class MetaModel:
+    """Trains a fresh meta-learner on the training rows; adapts it to each query user's support set."""
 
     def __init__(
         self,
         config: dict[str, Any],
         seed: int,
+        name: str = "meta",
         progress: bool = False,
         create: LearnerFactory | None = None,
     ) -> None:
         self.config = config
         self.seed = seed
+        self.name = name
+        self.predicts_ratings = config.get("objective", "regression") == "regression"
         self.progress = progress
         self.create = create
         self.learner: MetaLearnerLike | None = None
 
-    def fit(self, fs: FeatureSet, train_users: np.ndarray) -> None:
+    def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
+        tasks = training_tasks(fs.tasks, train, self.seed)
+        learner_fs = replace(fs, ratings=train, tasks=tasks)
         create = self.create or _meta_learner_factory()
-        self.learner = create(self.config, fs, self.seed)
-        self.learner.fit(fs, users=np.asarray(train_users), progress=self.progress)
+        self.learner = create(self.config, learner_fs, self.seed)
+        self.learner.fit(learner_fs, users=np.unique(tasks["user_index"]), progress=self.progress)
 
     def predict(
         self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
     ) -> np.ndarray:
         if self.learner is None:
-            raise RuntimeError("MetaModel.predict called before fit")
+            raise RuntimeError(f"{self.name}: predict called before fit")
         q_user = np.asarray(query["user_index"])
         users = np.unique(q_user)
+        empty = np.zeros(0)
         s_items, s_ratings = group_rows(
-            support["user_index"], users, support["item_index"], support["rating"]
+            support.get("user_index", empty),
+            users,
+            support.get("item_index", empty).astype(np.int64),
+            support.get("rating", empty),
         )
-        (q_items,) = group_rows(q_user, users, query["item_index"])
+        (q_items,) = group_rows(q_user, users, np.asarray(query["item_index"], dtype=np.int64))
         preds = self.learner.adapt_predict(fs.user_cats[users], s_items, s_ratings, q_items)
         if len(preds) != users.size:
             raise ValueError(f"meta-learner returned {len(preds)} prediction arrays for {users.size} users")

@@ -1,0 +1,47 @@
+"""The models ``eval.models`` can name, built fresh (unfitted) for each fold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.baselines.base import ColdStartModel, Objective
+from pipeline.baselines.global_mean import GlobalMean
+from pipeline.baselines.lightgbm_model import LightGBMModel
+from pipeline.baselines.linear_bias import LinearBias
+from pipeline.baselines.popularity import Popularity
+from pipeline.evaluation.meta_adapter import MetaModel
+from pipeline.params import Params
+
+# the meta-learner family: the train params plus these config changes
+META_FAMILY: dict[str, dict[str, Any]] = {
+    "meta": {},
+    "meta_no_text": {"use_text": False},
+    "finetune": {"algorithm": "joint"},
+}
+# the models under test; every other model is a baseline they are compared against
+META_MODELS = ("meta", "meta_no_text")
+MODEL_NAMES = ("global_mean", "popularity", "linear_bias", "lightgbm", "lightgbm_rank", *META_FAMILY)
+
+
+def build_model(
+    name: str, params: Params, seed: int, objective: Objective = "regression", threads: int | None = None
+) -> ColdStartModel:
+    """A fresh, unfitted model called ``name``; ``objective``: ``regression`` (explicit ratings) or
+    ``binary`` (implicit 0/1 labels, scores are P(positive)). ``lightgbm_rank`` always ranks (lambdarank).
+    ``threads``: LightGBM's threads (default: its own choice)."""
+    if objective not in ("regression", "binary"):
+        raise ValueError(f"objective must be 'regression' or 'binary', got {objective!r}")
+    if name in META_FAMILY:
+        config = params.train.model_dump() | META_FAMILY[name] | {"objective": objective}
+        return MetaModel(config, seed=seed, name=name)
+    if name == "global_mean":
+        return GlobalMean(objective)
+    if name == "popularity":
+        return Popularity(objective)
+    if name == "linear_bias":
+        return LinearBias(objective)
+    if name == "lightgbm":
+        return LightGBMModel(params.eval.support_size, seed, objective=objective, num_threads=threads)
+    if name == "lightgbm_rank":
+        return LightGBMModel(params.eval.support_size, seed, objective="lambdarank", num_threads=threads)
+    raise ValueError(f"eval.models: unknown model {name!r}; known: {list(MODEL_NAMES)}")
