@@ -484,7 +484,10 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
         "params_hash": params.digest(),
     }
     assert {k: run.data.tags[k] for k in lineage} == lineage
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "metrics")] == ["metrics/cv.json"]
+    listed = [a.path for a in client.list_artifacts(run.info.run_id, "metrics")]
+    assert listed == ["metrics/cv.json", "metrics/shots.json"]
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/report.md")
+    assert report == (paths.evaluation_report / "report.md").read_text()
     card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
     for heading in ("## Intended use", "## Data", "## Metrics", "## Serving", "## Lineage", "## Limitations"):
         assert heading in card

@@ -4,8 +4,9 @@ The new version takes ``champion`` only if, on the same folds as the champion, i
 (``new_user``) error is lower by more than ``register.min_improvement`` and a paired test gives
 p < ``register.max_p`` (:mod:`pipeline.registry.gate`); otherwise it becomes ``challenger``. Every version
 carries lineage tags (git commit, dataset hash, params hash, fold protocol, metrics per scenario), a
-model card, and the served model's accuracy and latency with and without compression. Aliases only:
-registry stages are deprecated.
+model card, and the served model's accuracy and latency with and without compression; its run holds the
+evaluation (``cv.json``, ``shots.json``, the report with its figures) and the meta-training curve. Aliases
+only: registry stages are deprecated.
 
 Registration is idempotent: the run carries a ``registration_key`` tag (model fingerprint, params digest,
 dataset hash, evaluation digest), and a rerun with the same key reuses that run's model version instead of
@@ -59,6 +60,8 @@ from pipeline.registry.pyfunc import COMPRESSION_KEY, MODEL_ARTIFACT, VOCAB_ARTI
 log = logging.getLogger(__name__)
 
 CV_ARTIFACT = "metrics/cv.json"
+EVALUATION_ARTIFACTS = "evaluation"
+"""The run's folder holding the evaluation report (``reports/evaluation``: report.md and its figures)."""
 MODEL_CARD = "model_card.md"
 FOLD_PROTOCOL_TAG = "fold_protocol"
 KEY_TAG = "registration_key"
@@ -305,6 +308,17 @@ def transfer_tags(train: dict[str, Any], vocab: dict[str, Any]) -> dict[str, str
     }
 
 
+def _evaluation_artifacts(paths: Paths) -> list[tuple[Path, str]]:
+    """What people read beside ``cv.json``, with the run's artifact folder of each: the support-size curve,
+    the evaluation report (markdown and figures) and the meta-training curve; those missing are skipped."""
+    wanted = [
+        (paths.shots_metrics, "metrics"),
+        (paths.evaluation_report, EVALUATION_ARTIFACTS),
+        (paths.train_curve, "plots"),
+    ]
+    return [(path, folder) for path, folder in wanted if path.exists()]
+
+
 def _require(path: Path, stage: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the '{stage}' stage first")
@@ -416,6 +430,11 @@ def _register(
                 mlflow.log_params(flatten(params.to_dict()))
                 mlflow.log_metrics({**metrics, **served})
                 mlflow.log_artifact(str(paths.cv_metrics), artifact_path=Path(CV_ARTIFACT).parent.as_posix())
+                for path, folder in _evaluation_artifacts(paths):
+                    if path.is_dir():
+                        mlflow.log_artifacts(str(path), artifact_path=folder)
+                    else:
+                        mlflow.log_artifact(str(path), artifact_path=folder)
                 mlflow.log_text(card, MODEL_CARD)
                 info = mlflow.pyfunc.log_model(
                     name="model", registered_model_name=cfg.model_name, **pyfunc_spec(paths, cfg.compression)
