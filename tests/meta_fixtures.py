@@ -14,6 +14,23 @@ import pytest
 
 from pipeline.features.store import FeatureSet
 
+CHECKPOINTED_CONFIG: dict[str, object] = {
+    "embedding_dim": 8,
+    "hidden": [16, 8],
+    "inner_steps": 2,
+    "inner_lr": 0.1,
+    "outer_lr": 5e-3,
+    "meta_batch": 8,
+    "epochs": 3,
+    "min_support": 2,
+    "max_support": 8,
+    "query_size": 3,
+    "device": "cpu",
+    "checkpoint_every": 3,
+    "algorithm": "maml",
+}
+"""A meta-learner small enough to train in seconds, checkpointing every 3 meta-steps."""
+
 
 def _tasks_from_ratings(
     user: np.ndarray, item: np.ndarray, rating: np.ndarray, query_size: int, rng: np.random.Generator

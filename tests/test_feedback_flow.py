@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,28 +15,17 @@ import yaml
 from flows.params_file import write_overrides
 from pipeline.feedback.batches import list_batches, trained_through
 from pipeline.paths import Paths
+from tests.project import BIN, make_project
+from tests.project import SMOKE as BASE_SMOKE
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SMOKE = [
-    "data.source=synthetic",
-    "data.synthetic.n_users=60",
-    "data.synthetic.n_items=40",
-    "data.synthetic.min_ratings=15",
-    "data.synthetic.max_ratings=30",
-    "features.query_size=5",
-    "train.epochs=2",
-    "train.meta_batch=8",
-    "train.inner_steps=2",
-    "train.query_size=5",
+    *BASE_SMOKE,
     "train.nproc=1",
-    "eval.folds=2",
-    "eval.support_size=5",
     "eval.models=[global_mean, meta]",
     "register.sample_users=20",
     "feedback.retrain_after=20",
 ]
-"""Small and fast (as in ``test_pipeline_e2e``); 20 new ratings trigger a retraining."""
+"""The smoke params of ``tests/project.py``, one process; 20 new ratings trigger a retraining."""
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +45,8 @@ def _run(*args: str, cwd: Path, expect: int = 0) -> str:
 
 def project(root: Path) -> Path:
     """A git + DVC repository with the pipeline, the (empty) feedback folder and the smoke params."""
-    root.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "feedback", root / "feedback")
+    make_project(root)
     write_overrides(root / "params.yaml", SMOKE)
-    _run("git", "init", "-q", cwd=root)
-    _run(str(BIN / "dvc"), "init", "-q", cwd=root)
     return root
 
 

@@ -33,6 +33,7 @@ from pipeline.paths import Paths
 from pipeline.registry import register as reg
 from pipeline.training import checkpoint
 from pipeline.training.train import run as train_in_process
+from tests.meta_fixtures import CHECKPOINTED_CONFIG as CONFIG
 from tests.meta_fixtures import synthetic_feature_set
 from tests.project import BIN, SMOKE, env_with_bin, make_project, sh, stages_run, stages_skipped
 from tests.registry_fixtures import TRAIN_CONFIG, free_port, stage_inputs, tiny_feature_set
@@ -335,20 +336,6 @@ def test_quarantine_under_dvc_leaves_ingest_unchanged(tmp_path: Path, record_pro
 
 # -- corrupted and tampered checkpoints ------------------------------------------------------------------
 
-CONFIG = {
-    "embedding_dim": 8,
-    "hidden": [16, 8],
-    "inner_steps": 2,
-    "inner_lr": 0.1,
-    "outer_lr": 5e-3,
-    "meta_batch": 8,
-    "epochs": 3,
-    "min_support": 2,
-    "max_support": 8,
-    "query_size": 3,
-    "device": "cpu",
-    "checkpoint_every": 3,
-}
 """30 users / meta-batch 8: 4 meta-steps per epoch, 12 in all; checkpoints at 3, 6, 9, 12 (3 kept)."""
 SEED = 11
 

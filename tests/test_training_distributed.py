@@ -18,24 +18,10 @@ from pipeline.meta.learner import MetaLearner
 from pipeline.training import checkpoint
 from pipeline.training.launch import TrainingFailed, train_distributed
 from pipeline.training.train import CRASH_STEP_ENV, fingerprint, run
+from tests.meta_fixtures import CHECKPOINTED_CONFIG as CONFIG
 from tests.meta_fixtures import synthetic_feature_set
 
 # 30 users / meta-batch 8 → 4 meta-steps per epoch (the last one has 6 tasks), 12 in all.
-CONFIG = {
-    "embedding_dim": 8,
-    "hidden": [16, 8],
-    "inner_steps": 2,
-    "inner_lr": 0.1,
-    "outer_lr": 5e-3,
-    "meta_batch": 8,
-    "epochs": 3,
-    "min_support": 2,
-    "max_support": 8,
-    "query_size": 3,
-    "device": "cpu",
-    "checkpoint_every": 3,
-    "algorithm": "maml",
-}
 SEED = 11
 
 
