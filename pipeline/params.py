@@ -10,7 +10,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -167,16 +167,7 @@ class EvalParams(_Section):
     # warm / new_item: at most this many of a known user's training ratings form its support set
     max_support: PositiveInt = 50
     shots: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 3, 5, 10, 20)
-    models: tuple[ModelName, ...] = (
-        "global_mean",
-        "popularity",
-        "linear_bias",
-        "lightgbm",
-        "lightgbm_rank",
-        "finetune",
-        "meta",
-        "meta_no_text",
-    )
+    models: tuple[ModelName, ...] = get_args(ModelName)  # every model
     ndcg_ks: tuple[PositiveInt, ...] = (1, 3, 5)
     top_k: PositiveInt = 10
     # top-k: at most this many seeded random query users per scenario and fold rank their candidates (0: all)
