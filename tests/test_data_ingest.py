@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.data import DataError, ingest, load_tables, read_tables
+from pipeline.data.movielens import ML100K_GENRES
 from pipeline.params import Params, load_params
 from pipeline.paths import Paths
 from tests.reliability_cases import BY_FOLDER, CASES
@@ -68,13 +69,28 @@ def test_ml100k_official_layout(tmp_path: Path) -> None:
     ]
 
 
-def test_ml100k_without_u_genre_uses_the_standard_genres(tmp_path: Path) -> None:
+def test_u_genre_names_the_genre_flags_and_the_standard_order_stands_in_for_it(tmp_path: Path) -> None:
+    """The fixtures have no u.genre (GroupLens' own file is not ours to copy): the loader uses the
+    standard 19 genres. A u.genre in reversed order, with u.item's flags reversed to match, gives each
+    item the same genres (listed in the file's order), so the file's names and indexes are what the flags
+    mean."""
     folder = tmp_path / "ml-100k"
     shutil.copytree(FIXTURES / "ml-100k", folder)
-    (folder / "u.genre").unlink()
-    without = read_tables(make_params(path=str(folder)), Paths(tmp_path))
-    with_file = read_tables(make_params(path=str(FIXTURES / "ml-100k")), Paths(tmp_path))
-    pd.testing.assert_frame_equal(without.items, with_file.items)
+    n = len(ML100K_GENRES)
+    (folder / "u.genre").write_text("".join(f"{ML100K_GENRES[n - 1 - i]}|{i}\n" for i in range(n)))
+    lines = (folder / "u.item").read_text(encoding="latin-1").splitlines()
+    fields = [line.split("|") for line in lines]
+    reversed_flags = "".join("|".join(f[:-n] + f[-n:][::-1]) + "\n" for f in fields)
+    (folder / "u.item").write_text(reversed_flags, encoding="latin-1")
+    with_file = read_tables(make_params(path=str(folder)), Paths(tmp_path))
+    standard = read_tables(make_params(path=str(FIXTURES / "ml-100k")), Paths(tmp_path))
+    # the same genres per item, listed in the file's index order
+    assert with_file.items["genres"].tolist() == [
+        "|".join(reversed(g.split("|"))) for g in standard.items["genres"]
+    ]
+    columns = [c for c in standard.items.columns if c != "genres"]
+    pd.testing.assert_frame_equal(with_file.items[columns], standard.items[columns])
+    assert standard.items.set_index("item_id").loc["3", "genres"] == "Animation|Children's|Sci-Fi"
 
 
 def test_atomic_layout_gives_the_same_tables_as_the_official_one(tmp_path: Path) -> None:
