@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.errors import DEBUG_ENV, TRANSIENT_EXIT, is_transient, report_to_flow
 from pipeline.params import Params, load_params
 from pipeline.paths import Paths
 
@@ -47,7 +49,9 @@ def _execute(
     debug: bool,
     body: Callable[[Params, Paths], Any],
 ) -> Any:
-    """Load params, run ``body``; turn any failure into one readable line and exit code 1 (2: bad params)."""
+    """Load params, run ``body``; turn any failure into one readable line and exit code 1 (2: bad params,
+    ``TRANSIENT_EXIT``: a retry may heal it)."""
+    debug = debug or os.environ.get(DEBUG_ENV) == "1"
     _configure_logging(debug)
     try:
         params = load_params(params_file, overrides or [])
@@ -59,11 +63,23 @@ def _execute(
     except (KeyboardInterrupt, typer.Exit):
         raise
     except Exception as exc:
+        code = TRANSIENT_EXIT if is_transient(exc) else 1
+        if report_to_flow(name, exc) and not debug:
+            raise typer.Exit(code) from None  # the flow that ran this stage reports the failure
         if debug:
             raise
         typer.secho(f"metarec {name} failed: {exc}", err=True, fg="red")
         typer.secho("(run again with --debug for the traceback)", err=True, fg="bright_black")
-        raise typer.Exit(1) from None
+        raise typer.Exit(code) from None
+
+
+@app.command()
+def source(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Find the raw files (data.path, the mirror or a download) and link them under data/source for DVC."""
+    from pipeline.data.snapshot import snapshot_source
+
+    manifest = _execute("source", params, set_, debug, snapshot_source)
+    typer.echo(f"source: {manifest['layout']}, {len(manifest['files'])} file(s)")
 
 
 @app.command()
@@ -121,11 +137,34 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug
     typer.echo(f"registered {info['name']} version {info['version']} as {info['alias']}")
 
 
+def _drop_prefect_errors(record: logging.LogRecord) -> bool:
+    """False for the Prefect engine's records of a failure (the CLI prints its own summary)."""
+    if not record.name.startswith("prefect"):
+        return True
+    failed = record.getMessage().startswith(("Finished in state Failed", "Finished in state Crashed"))
+    return record.levelno < logging.ERROR and not failed
+
+
+def _quiet_prefect(debug: bool) -> None:
+    """Unless ``--debug``, keep the Prefect engine's error records (tracebacks) off the console: a failed run
+    prints one summary, and the Prefect API still records the tracebacks with the run."""
+    if debug:
+        return
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if type(handler).__name__ == "PrefectConsoleHandler":  # Prefect's logging already set up
+                handler.setLevel(logging.CRITICAL)
+            elif logger is logging.getLogger() and _drop_prefect_errors not in handler.filters:
+                handler.addFilter(_drop_prefect_errors)
+
+
 @app.command()
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """The whole retraining flow (Prefect): ingest → validate → features → train → evaluate → register."""
 
     def body(p: Params, paths: Paths) -> dict[str, Any]:
+        _quiet_prefect(debug)
         from flows.retrain import retrain
 
         return retrain(params_file=str(params), overrides=list(set_ or []), root=str(paths.root))
@@ -183,6 +222,7 @@ def feedback_add(
     """Validate FILE, store it as a DVC-tracked feedback batch, retrain once enough ratings arrived."""
 
     def body(p: Params, paths: Paths) -> dict[str, Any]:
+        _quiet_prefect(debug)
         from flows.feedback import feedback
 
         overrides = list(set_ or [])

@@ -15,6 +15,12 @@ class Paths:
 
     root: Path = Path(".")
 
+    # source
+    @property
+    def source(self) -> Path:
+        """Links to the raw files ``ingest`` reads, and their manifest: DVC hashes the files through them."""
+        return self.root / "data" / "source"
+
     # ingest
     @property
     def ingested(self) -> Path:
@@ -28,6 +34,11 @@ class Paths:
     def table(self, name: str) -> Path:
         """Typed parquet table ``ratings``, ``users`` or ``items``."""
         return self.ingested / f"{name}.parquet"
+
+    @property
+    def origins(self) -> Path:
+        """Per ingested row: table, row, and the raw file and line it came from (what errors name)."""
+        return self.ingested / "origins.parquet"
 
     @property
     def quarantine(self) -> Path:

@@ -2,7 +2,7 @@
 
 Every fixture is invented (derived from the hand-written ones in ``tests/data/fixtures/``), never
 MovieLens content. ``row`` is the 1-based line of the raw file where ``ingest`` rejects the input, or the
-0-based row(s) of the ingested parquet table where ``validate`` does.
+line(s) of the raw file whose rows ``validate`` rejects (``ingest`` records where each row came from).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class BadInput:
         """How the message must start: file, then line or row(s), then column (as far as known)."""
         where = self.file
         if self.row is not None:
-            label = "line" if self.stage == "ingest" else ("rows" if isinstance(self.row, str) else "row")
+            label = "lines" if isinstance(self.row, str) else "line"
             where += f" {label} {self.row}"
         if self.column is not None:
             where += f", column{'s' if ',' in self.column else ''} {self.column}"
@@ -149,8 +149,8 @@ CASES = [
         "atomic-empty-rating",
         "an empty rating field (NaN after parsing)",
         "validate",
-        "ratings.parquet",
-        4,
+        "tiny.inter",
+        6,
         "rating",
         "expect_column_values_to_not_be_null",
     ),
@@ -213,8 +213,8 @@ CASES = [
         "ml100k-rating-out-of-range",
         "a rating 6 on the 1-5 scale",
         "validate",
-        "ratings.parquet",
-        8,
+        "u.data",
+        9,
         "rating",
         "expect_column_values_to_be_between [1.0, 5.0] failed for 1 of 15 rows, e.g. 6.0",
     ),
@@ -222,8 +222,8 @@ CASES = [
         "ml100k-unknown-item",
         "a rating of item 77, absent from u.item",
         "validate",
-        "ratings.parquet",
-        3,
+        "u.data",
+        4,
         "item_id",
         "expect_column_values_to_be_in_set failed for 1 of 15 rows, e.g. '77'",
     ),
@@ -282,8 +282,8 @@ CASES = [
         "ml1m-duplicate-rating",
         "the same (user, item) rated twice",
         "validate",
-        "ratings.parquet",
-        "4, 12",
+        "ratings.dat",
+        "5, 13",
         "user_id, item_id",
         "expect_compound_columns_to_be_unique failed for 2 of 13 rows",
     ),
@@ -291,8 +291,8 @@ CASES = [
         "ml1m-unknown-user",
         "a rating by user 9, absent from users.dat",
         "validate",
-        "ratings.parquet",
-        12,
+        "ratings.dat",
+        13,
         "user_id",
         "expect_column_values_to_be_in_set failed for 1 of 13 rows, e.g. '9'",
     ),

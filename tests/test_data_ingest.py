@@ -161,9 +161,28 @@ def test_ingest_leaves_raw_input_untouched_and_no_temp_files(tmp_path: Path) -> 
     assert digest() == before
     assert sorted(p.name for p in paths.ingested.iterdir()) == [
         "items.parquet",
+        "origins.parquet",
         "ratings.parquet",
         "users.parquet",
     ]
+
+
+def test_ingest_records_the_file_and_line_of_every_row(tmp_path: Path) -> None:
+    """Row k of each table came from line origins[k] of the raw file (blank lines and headers skipped)."""
+    folder = tmp_path / "atomic"
+    shutil.copytree(FIXTURES / "atomic", folder)
+    inter = folder / "tiny.inter"
+    header, *rows = inter.read_text().splitlines()
+    inter.write_text("\n".join([header, rows[0], "", *rows[1:]]) + "\n")  # a blank line 3
+    paths = Paths(tmp_path / "project")
+    counts = ingest(make_params(name="tiny", path=str(folder)), paths)
+    origins = pd.read_parquet(paths.origins)
+    ratings = origins[origins["table"] == "ratings"]
+    assert ratings["row"].tolist() == list(range(counts["ratings"]))
+    assert set(ratings["file"]) == {str(inter)}
+    assert ratings["line"].tolist() == [2, *range(4, len(rows) + 3)]
+    items = origins[origins["table"] == "items"]
+    assert set(items["file"]) == {str(folder / "tiny.item")} and len(items) == counts["items"]
 
 
 INGEST_CASES = {case.folder: case for case in CASES if case.stage == "ingest" and case.source != "archive"}

@@ -66,7 +66,7 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
     root = make_project(tmp_path / "project")
     write_overrides(root / "params.yaml", SMOKE)
     ran = stages_run(sh(str(BIN / "dvc"), "repro", cwd=root))
-    assert ran == ["ingest", "validate", "features", "train", "evaluate", "register"]
+    assert ran == ["source", "ingest", "validate", "features", "train", "evaluate", "register"]
     first = json.loads((root / "reports" / "registration.json").read_text())
 
     result = retrain(params_file="params.yaml", overrides=[], root=str(root))

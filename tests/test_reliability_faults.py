@@ -57,7 +57,10 @@ with open("runs.log", "a") as log:
 marker = Path("fail-once") / stage
 if marker.exists():
     marker.unlink()
-    sys.exit(f"{stage}: injected transient failure")
+    print(f"{stage}: injected transient failure", file=sys.stderr)
+    sys.exit(75)  # flows.errors.TRANSIENT_EXIT: a retry may heal it
+if (Path("fail-always") / stage).exists():
+    sys.exit(f"{stage}: injected deterministic failure")
 Path("out").mkdir(exist_ok=True)
 Path("out", stage).write_text(stage)
 if stage == "evaluate":
@@ -119,8 +122,25 @@ def test_transient_stage_error_is_retried_by_the_flow(
     assert attempts == {stage: 2 if stage == "features" else 1 for stage in STAGES}
     assert all(run.state is not None and run.state.is_completed() for run in task_runs)
     ran = (root / "runs.log").read_text().split()
-    assert ran == ["ingest", "validate", "features", "features", "train", "evaluate", "register"]
+    assert ran == ["source", "ingest", "validate", "features", "features", "train", "evaluate", "register"]
     record_property("message", f"flow {state.name}; attempts {[(s, attempts[s]) for s in STAGES]}")
+
+
+@pytest.mark.slow
+def test_deterministic_stage_error_is_not_retried(tmp_path: Path, prefect_harness: None) -> None:
+    """A stage that fails for a reason a retry cannot heal (exit 1, not 75) runs once; the flow fails at
+    once with the stage's own message, and no later stage runs."""
+    from flows.errors import StageFailed
+    from flows.retrain import retrain
+
+    root = stub_project(tmp_path / "project")
+    (root / "fail-always").mkdir()
+    (root / "fail-always" / "validate").touch()
+    with pytest.raises(StageFailed) as failed:
+        retrain(params_file="params.yaml", overrides=[], root=str(root))
+    assert failed.value.stage == "validate" and not failed.value.transient
+    assert "validate: injected deterministic failure" in failed.value.message
+    assert (root / "runs.log").read_text().split() == ["source", "ingest", "validate"]
 
 
 # -- the MLflow server down at registration --------------------------------------------------------------
@@ -295,18 +315,18 @@ def test_interrupted_run_does_not_redo_finished_stages(
             proc.wait()
     first = "".join(seen)
     assert proc.returncode != 0, first[-3000:]
-    assert stages_run(first) == ["ingest", "validate", "features"], first[-3000:]
+    assert stages_run(first) == ["source", "ingest", "validate", "features"], first[-3000:]
     status = sh(DVC, "status", cwd=root)
     changed = [
         line[:-1] for line in status.splitlines() if line and not line[0].isspace() and line.endswith(":")
     ]
-    assert "features" in changed and not {"ingest", "validate"} & set(changed), status
+    assert "features" in changed and not {"source", "ingest", "validate"} & set(changed), status
 
     capsys.readouterr()
     result = retrain(params_file="params.yaml", overrides=[], root=str(root))
     rerun = capsys.readouterr().out
     assert stages_skipped(rerun) == ["ingest", "validate"]
-    assert stages_run(rerun) == ["features", "train", "evaluate", "register"]
+    assert stages_run(rerun) == ["source", "features", "train", "evaluate", "register"]  # source: forced
     assert result["registration"]["version"] == 1
     assert "up to date" in sh(DVC, "status", cwd=root)
     record_property("message", f"rerun skipped {stages_skipped(rerun)}, ran {stages_run(rerun)}")

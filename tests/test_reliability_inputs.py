@@ -22,7 +22,7 @@ from flows.cli import app
 from pipeline.data import source
 from pipeline.data.source import Archive
 from pipeline.paths import Paths
-from tests.project import BIN, env_with_bin
+from tests.project import BIN, REPO, env_with_bin, make_project, stages_run
 from tests.reliability_cases import BAD, BY_FOLDER, CASES, BadInput
 
 pytestmark = pytest.mark.reliability
@@ -201,9 +201,48 @@ def test_quarantine_refuses_more_bad_rows_than_allowed(
         "ratings: 1 of 15 rows (6.67%) fail, more than validate.max_bad_fraction=0.05; "
         "nothing was quarantined"
     )
-    assert "ratings.parquet row 3, column item_id" in message
+    assert "u.data line 4, column item_id" in message
     after = outputs(project)
     assert {k: v for k, v in after.items() if "ingested" not in k} == {
         k: v for k, v in before.items() if "ingested" not in k
     }
     record_property("message", message.splitlines()[0])
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One git + DVC project that every case's `metarec run` reuses (only the data params change)."""
+    return make_project(tmp_path_factory.mktemp("flow") / "project")
+
+
+FLOW_CASES = [c for c in CASES if c.source != "archive"]
+"""The archive case's download URL is patched in this process; under the flow, stages run in their own."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", FLOW_CASES, ids=[c.folder for c in FLOW_CASES])
+def test_bad_input_through_metarec_run_fails_once_with_one_message(
+    case: BadInput,
+    flow_project: Path,
+    prefect_harness: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property,
+) -> None:
+    """{case.what} → `metarec run`: exit 1, one summary naming the stage and the user's file, line, column
+    and rule; no traceback, no retry, no later stage, input untouched, nothing registered."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    raw = digest(BAD / case.folder)
+    shutil.copy(REPO / "params.yaml", flow_project / "params.yaml")
+    result = cli(flow_project, "run", *sets(case.overrides()), monkeypatch=monkeypatch)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    head = f"metarec run failed: stage '{case.stage}': "
+    assert result.output.count("metarec run failed") == 1 and head in result.stderr, result.output
+    message = result.stderr.split(head, 1)[1].split("(run again with --debug", 1)[0].strip()
+    assert case.location() + ": " in message and case.rule in message, message
+    ran = stages_run(result.stdout)
+    assert ran == ["source", "ingest", *(["validate"] if case.stage == "validate" else [])], ran
+    assert digest(BAD / case.folder) == raw
+    assert not (tmp_path / "mlflow.db").exists() and not Paths(flow_project).registration.exists()
+    record_property("message", message)

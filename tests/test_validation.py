@@ -71,7 +71,7 @@ def test_rating_out_of_range(tiny: Paths) -> None:
     found, message = failures_of(tiny)
     assert found == {("ratings", "rating", "expect_column_values_to_be_between")}
     assert message.splitlines()[1].strip() == (
-        "ratings.parquet rows 2, 9, column rating: expect_column_values_to_be_between [1.0, 5.0] failed for "
+        "u.data lines 3, 10, column rating: expect_column_values_to_be_between [1.0, 5.0] failed for "
         "2 of 15 rows, e.g. 7.0, 0.0"
     )
 
@@ -95,8 +95,7 @@ def test_unknown_item(tiny: Paths) -> None:
     found, message = failures_of(tiny)
     assert found == {("ratings", "item_id", "expect_column_values_to_be_in_set")}
     assert (
-        "ratings.parquet row 3, column item_id: expect_column_values_to_be_in_set failed for 1 of 15 rows, "
-        "e.g. '999'"
+        "u.data line 4, column item_id: expect_column_values_to_be_in_set failed for 1 of 15 rows, e.g. '999'"
     ) in message
 
 
@@ -109,8 +108,7 @@ def test_null_rating(tiny: Paths) -> None:
     found, message = failures_of(tiny)
     assert found == {("ratings", "rating", "expect_column_values_to_not_be_null")}
     assert (
-        "ratings.parquet row 6, column rating: expect_column_values_to_not_be_null failed for 1 of 15 rows, "
-        "e.g. null"
+        "u.data line 7, column rating: expect_column_values_to_not_be_null failed for 1 of 15 rows, e.g. null"
     ) in message
 
 

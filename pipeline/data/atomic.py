@@ -19,6 +19,7 @@ from pipeline.data.textfile import (
     Table,
     check_unique,
     is_integer_text,
+    origins,
     parse_fields,
     read_text,
     split_lines,
@@ -111,6 +112,7 @@ def read_atomic(folder: Path, name: str, max_mb: float) -> Tables:
     check_unique(item_table, "item_id")
     items = _items(item_table, item_types)
 
+    rows = {"ratings": inter, "items": item_table}
     user_path = folder / f"{name}.user"
     if user_path.exists():
         user_table, user_types = read_atomic_file(user_path, ("user_id",), max_mb)
@@ -121,10 +123,11 @@ def read_atomic(folder: Path, name: str, max_mb: float) -> Tables:
             if column != "user_id":
                 columns[column], dtypes[column] = _attribute(user_table, column, kind)
         users = frame(columns, dtypes)
+        rows["users"] = user_table
     else:
         logger.info("%s.user not found: the users table holds only the rated user ids", name)
         users = frame({"user_id": ratings["user_id"].dropna().unique()}, {"user_id": "str"})
-    return Tables(ratings, users, items)
+    return Tables(ratings, users, items, {table: origins(t) for table, t in rows.items()})
 
 
 def _items(table: Table, types: dict[str, str]) -> pd.DataFrame:

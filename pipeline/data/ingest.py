@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,30 +21,57 @@ from pipeline.paths import Paths
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL = {"movielens-100k": ("u.data", read_ml100k), "movielens-1m": ("ratings.dat", read_ml1m)}
+OFFICIAL: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Path, float], Tables]]] = {
+    "movielens-100k": (("u.data", "u.item", "u.user"), ("u.genre",), read_ml100k),
+    "movielens-1m": (("ratings.dat", "movies.dat", "users.dat"), (), read_ml1m),
+}
+"""source → (files read, files read when present, reader) of the GroupLens layout."""
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """The raw files one ingest reads: their folder, layout and names (none for ``synthetic``)."""
+
+    layout: str
+    folder: Path | None
+    files: tuple[str, ...]
+
+
+def resolve_source(params: Params, paths: Paths) -> RawSource:
+    """Which files ``ingest`` will read: the layout found in the folder :func:`locate` gives."""
+    data = params.data
+    if data.source == "synthetic":
+        return RawSource("synthetic", None, ())
+    name = dataset_name(data)
+    folder = locate(data, paths)
+    if data.source in OFFICIAL:
+        required, optional, _ = OFFICIAL[data.source]
+        if (folder / required[0]).is_file():
+            present = tuple(f for f in optional if (folder / f).is_file())
+            return RawSource("grouplens", folder, required + present)
+    if (folder / f"{name}.inter").is_file():
+        user_file = (f"{name}.user",) if (folder / f"{name}.user").is_file() else ()
+        return RawSource("atomic", folder, (f"{name}.inter", f"{name}.item", *user_file))
+    atomic = f"{name}.inter (RecBole atomic layout)"
+    if data.source in OFFICIAL:
+        raise DataError(
+            folder, None, None, f"found neither {OFFICIAL[data.source][0][0]} (GroupLens layout) nor {atomic}"
+        )
+    raise DataError(folder, None, None, f"found no {atomic}")
 
 
 def read_tables(params: Params, paths: Paths) -> Tables:
     """Parse the configured source into typed tables; nothing is written, the raw files are only read."""
     data = params.data
-    if data.source == "synthetic":
+    raw = resolve_source(params, paths)
+    if raw.folder is None:
         return generate_synthetic(data.synthetic, params.seed).tables
     name = dataset_name(data)
-    folder = locate(data, paths)
-    if data.source in OFFICIAL:
-        marker, reader = OFFICIAL[data.source]
-        if (folder / marker).is_file():
-            logger.info("reading %s (GroupLens layout) from %s", name, folder)
-            return reader(folder, data.max_file_mb)
-    if (folder / f"{name}.inter").is_file():
-        logger.info("reading %s (RecBole atomic layout) from %s", name, folder)
-        return read_atomic(folder, name, data.max_file_mb)
-    atomic = f"{name}.inter (RecBole atomic layout)"
-    if data.source in OFFICIAL:
-        raise DataError(
-            folder, None, None, f"found neither {OFFICIAL[data.source][0]} (GroupLens layout) nor {atomic}"
-        )
-    raise DataError(folder, None, None, f"found no {atomic}")
+    if raw.layout == "grouplens":
+        logger.info("reading %s (GroupLens layout) from %s", name, raw.folder)
+        return OFFICIAL[data.source][2](raw.folder, data.max_file_mb)
+    logger.info("reading %s (RecBole atomic layout) from %s", name, raw.folder)
+    return read_atomic(raw.folder, name, data.max_file_mb)
 
 
 def ingest(params: Params, paths: Paths) -> dict[str, int]:
@@ -61,6 +91,12 @@ def ingest(params: Params, paths: Paths) -> dict[str, int]:
             table: pd.DataFrame = getattr(tables, name)
             table.to_parquet(staging / paths.table(name).name, index=False)
             counts[name] = len(table)
+        origins = [
+            rows.assign(table=name, row=range(len(rows)))[["table", "row", "file", "line"]]
+            for name, rows in tables.origins.items()
+        ]
+        if origins:
+            pd.concat(origins, ignore_index=True).to_parquet(staging / paths.origins.name, index=False)
     logger.info("ingested %s", ", ".join(f"{n} {name}" for name, n in counts.items()))
     return counts
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline.data.errors import DataError
 from pipeline.data.schema import GENRE_SEPARATOR, ITEMS, MOVIELENS_USERS, RATINGS, Tables, frame
-from pipeline.data.textfile import Table, check_unique, read_delimited, to_float, to_int
+from pipeline.data.textfile import Table, check_unique, origins, read_delimited, to_float, to_int
 
 ENCODING = "latin-1"
 # Genre order of the 19 flags in u.item (used when u.genre is absent).
@@ -113,7 +113,8 @@ def read_genre_names(path: Path, max_mb: float) -> tuple[str, ...]:
 
 def read_ml100k(folder: Path, max_mb: float) -> Tables:
     """``u.data`` (tab), ``u.item`` and ``u.user`` (``|``), latin-1."""
-    ratings = ratings_table(read_delimited(folder / "u.data", "\t", RATING_COLUMNS, ENCODING, max_mb))
+    rating_rows = read_delimited(folder / "u.data", "\t", RATING_COLUMNS, ENCODING, max_mb)
+    ratings = ratings_table(rating_rows)
 
     genre_names = read_genre_names(folder / "u.genre", max_mb)
     flag_columns = [f"genre:{name}" for name in genre_names]
@@ -143,12 +144,14 @@ def read_ml100k(folder: Path, max_mb: float) -> Tables:
     user_table = read_delimited(folder / "u.user", "|", tuple(MOVIELENS_USERS), ENCODING, max_mb)
     check_unique(user_table, "user_id")
     users = frame({**user_table.columns, "age": to_int(user_table, "age")}, MOVIELENS_USERS)
-    return Tables(ratings, users, items)
+    rows = {"ratings": rating_rows, "users": user_table, "items": item_table}
+    return Tables(ratings, users, items, {name: origins(t) for name, t in rows.items()})
 
 
 def read_ml1m(folder: Path, max_mb: float) -> Tables:
     """``ratings.dat``, ``movies.dat``, ``users.dat`` with ``::`` separators, latin-1."""
-    ratings = ratings_table(read_delimited(folder / "ratings.dat", "::", RATING_COLUMNS, ENCODING, max_mb))
+    rating_rows = read_delimited(folder / "ratings.dat", "::", RATING_COLUMNS, ENCODING, max_mb)
+    ratings = ratings_table(rating_rows)
 
     item_table = read_delimited(folder / "movies.dat", "::", ("item_id", "title", "genres"), ENCODING, max_mb)
     check_unique(item_table, "item_id")
@@ -182,4 +185,5 @@ def read_ml1m(folder: Path, max_mb: float) -> Tables:
         },
         MOVIELENS_USERS,
     )
-    return Tables(ratings, users, items)
+    rows = {"ratings": rating_rows, "users": user_table, "items": item_table}
+    return Tables(ratings, users, items, {name: origins(t) for name, t in rows.items()})

@@ -24,11 +24,16 @@ GENRE_SEPARATOR = "|"
 
 @dataclass(frozen=True)
 class Tables:
-    """The three ingested tables, typed as promised by :func:`table_schemas`."""
+    """The three ingested tables, typed as promised by :func:`table_schemas`.
+
+    ``origins`` maps a table read from a file to its rows' ``file`` and ``line`` (row for row), so that
+    a later stage can name the user's file and line rather than a row of an internal table.
+    """
 
     ratings: pd.DataFrame
     users: pd.DataFrame
     items: pd.DataFrame
+    origins: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, pd.DataFrame]:
         return {"ratings": self.ratings, "users": self.users, "items": self.items}

@@ -56,6 +56,16 @@ class Table:
         return DataError(self.path, None if k is None else int(self.lines[k]), column, rule)
 
 
+def origins(table: Table) -> pd.DataFrame:
+    """Where each row came from: the file and its 1-based line (what error messages name)."""
+    return pd.DataFrame(
+        {
+            "file": pd.Series(str(table.path), index=range(len(table)), dtype="str"),
+            "line": pd.Series(table.lines, dtype="Int64"),
+        }
+    )
+
+
 def check_size(path: Path, max_mb: float) -> None:
     if not path.is_file():
         raise DataError(path, None, None, "file not found")

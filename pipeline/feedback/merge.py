@@ -28,6 +28,10 @@ def merge_feedback(tables: Tables, folder: Path) -> Tables:
         return tables
     feedback = read_batches(folder)
     ratings = pd.concat([tables.ratings, feedback.astype(tables.ratings.dtypes.to_dict())], ignore_index=True)
+    origins = dict(tables.origins)
+    if "ratings" in origins:
+        batch_rows = pd.DataFrame({"file": pd.Series(str(folder), index=range(len(feedback)), dtype="str")})
+        origins["ratings"] = pd.concat([origins["ratings"], batch_rows], ignore_index=True)
     pairs = pd.MultiIndex.from_frame(ratings[["user_id", "item_id"]])
     touched = ratings[pairs.isin(pd.MultiIndex.from_frame(feedback[["user_id", "item_id"]]))]
     order = touched.assign(_row=np.arange(len(touched))).sort_values(
@@ -35,12 +39,16 @@ def merge_feedback(tables: Tables, folder: Path) -> Tables:
     )
     replaced = order.index[order.duplicated(["user_id", "item_id"], keep="last")]
     ratings = ratings.drop(index=replaced).reset_index(drop=True)
+    if "ratings" in origins:
+        origins["ratings"] = origins["ratings"].drop(index=replaced).reset_index(drop=True)
     users = tables.users
     new_ids = pd.Index(feedback["user_id"].unique()).difference(pd.Index(users["user_id"]))
     if len(new_ids):
         blank = {c: pd.Series(pd.NA, index=range(len(new_ids)), dtype=users[c].dtype) for c in users.columns}
         new_users = pd.DataFrame(blank).assign(user_id=pd.Series(new_ids, dtype=users["user_id"].dtype))
         users = pd.concat([users, new_users], ignore_index=True)
+        if "users" in origins:
+            origins["users"] = origins["users"].reindex(range(len(users)))
     log.info(
         "merged %d feedback batches: %d ratings (%d replace earlier ones), %d new users",
         len(batches),
@@ -48,4 +56,4 @@ def merge_feedback(tables: Tables, folder: Path) -> Tables:
         len(replaced),
         len(new_ids),
     )
-    return Tables(ratings, users, tables.items)
+    return Tables(ratings, users, tables.items, origins)

@@ -37,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pipeline.data.snapshot import source_digest
 from pipeline.features.store import load_feature_set
 from pipeline.io import read_json, write_json
 from pipeline.meta.learner import MetaLearner
@@ -92,7 +93,7 @@ def redact(uri: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(ConnectionError):
     """The MLflow tracking server does not answer; the message names its URI."""
 
 
@@ -360,6 +361,7 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
     lineage = {
         "git_commit": git_commit(paths.root),
         "dataset_hash": dataset_hash(paths),
+        "source_sha256": source_digest(paths),
         "params_hash": params.digest(),
     }
     key = registration_key(

@@ -14,7 +14,8 @@ MAX_EXAMPLES = 5
 class ExpectationFailure:
     """One failed expectation: where, which, how many rows and a few of the offending values.
 
-    ``rows`` are 0-based row numbers of the table's parquet file (the first few that fail).
+    ``rows`` are 0-based row numbers of the table's parquet file (the first few that fail); ``source``
+    names the raw file and lines they came from, where ``ingest`` recorded it (``u.data lines 5, 13``).
     """
 
     table: str
@@ -27,11 +28,15 @@ class ExpectationFailure:
     observed: Any = None
     error: str | None = None
     rows: tuple[int, ...] = ()
+    source: str | None = None
 
     def where(self) -> str:
-        """``ratings.parquet rows 2, 9, column rating``: the file (table), rows and column at fault."""
+        """``u.data lines 3, 10, column rating`` (else ``ratings.parquet rows 2, 9, ...``): the file,
+        lines (rows) and column at fault."""
         where = f"{self.table}.parquet"
-        if self.rows:
+        if self.source:
+            where = self.source
+        elif self.rows:
             more = ", ..." if (self.unexpected_count or 0) > len(self.rows) else ""
             label = "rows" if len(self.rows) > 1 else "row"
             where += f" {label} {', '.join(str(r) for r in self.rows)}{more}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,33 @@ def _id_sets(tables: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
     return sets
 
 
+def _origins(paths: Paths) -> dict[str, pd.DataFrame]:
+    """Per table, the raw file and line of each row, as ``ingest`` recorded them (none: synthetic data)."""
+    if not paths.origins.is_file():
+        return {}
+    rows = pd.read_parquet(paths.origins)
+    return {
+        str(name): table.sort_values("row")[["file", "line"]].reset_index(drop=True)
+        for name, table in rows.groupby("table")
+    }
+
+
+def _locate(failure: ExpectationFailure, origins: dict[str, pd.DataFrame]) -> ExpectationFailure:
+    """``failure`` naming the raw file and lines of its rows, when all of them came from one file."""
+    rows = origins.get(failure.table)
+    if rows is None or not failure.rows or max(failure.rows) >= len(rows):
+        return failure
+    picked = rows.iloc[list(failure.rows)]
+    files = picked["file"].unique()
+    if len(files) != 1:
+        return failure
+    lines = [str(n) for n in picked["line"] if not pd.isna(n)]
+    more = ", ..." if (failure.unexpected_count or 0) > len(failure.rows) else ""
+    label = "lines" if len(lines) > 1 else "line"
+    where = Path(str(files[0])).name + (f" {label} {', '.join(lines)}{more}" if lines else "")
+    return replace(failure, source=where)
+
+
 def _curable(failures: list[ExpectationFailure]) -> bool:
     return all(f.table == "ratings" and f.expectation in ROW_LEVEL and f.error is None for f in failures)
 
@@ -81,7 +109,9 @@ def validate(params: Params, paths: Paths) -> ValidationReport:
             result = gx_suites.run_checkpoint(folder, suites, id_sets, docs)
         return result, gx_suites.failures(result)
 
+    origins = {name: rows for name, rows in _origins(paths).items() if len(rows) == len(tables[name])}
     result, found = check(paths.ingested)
+    found = [_locate(f, origins) for f in found]
     ratings = tables["ratings"]
     reasons = pd.Series("", index=ratings.index, dtype="str")
     if settings.on_error == "quarantine" and found and _curable(found):
@@ -100,6 +130,9 @@ def validate(params: Params, paths: Paths) -> ValidationReport:
         if bad.any():
             before = found
             result, found = check(staging)
+            if "ratings" in origins:
+                origins["ratings"] = origins["ratings"][~bad].reset_index(drop=True)
+            found = [_locate(f, origins) for f in found]
         report = _finish(paths, result, published, found, counts, before)
         if not report.success:
             raise DataValidationError(report.summary(), report)
