@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from flows.params_file import write_overrides
 from pipeline.data.snapshot import MANIFEST, snapshot_source, source_digest
@@ -66,3 +67,26 @@ def test_a_source_file_edited_in_place_is_re_ingested(tmp_path: Path) -> None:
     (raw / "README.txt").write_text("edited, still not read\n")
     assert stages_run(sh(DVC, "repro", "ingest", cwd=root)) == []  # a file ingest never reads
     assert (raw / "u.data").read_text().endswith("5\t2\t5\t884000000\n")  # DVC never touched the raw data
+
+
+def test_a_failed_stage_leaves_its_previous_outputs_in_place(tmp_path: Path) -> None:
+    """DVC removes a stage's outputs before running it; when the stage fails, the flow checks the previous
+    ones out again, so a bad refresh of the raw data never leaves the project without ingested tables."""
+    from flows.errors import StageFailed
+    from flows.retrain import reproduce
+
+    raw = raw_copy(tmp_path)
+    root = make_project(tmp_path / "project")
+    write_overrides(root / "params.yaml", [f"data.path={raw}"])
+    sh(DVC, "repro", "ingest", cwd=root)
+    tables = root / "data" / "ingested"
+    before = {p.name: p.read_bytes() for p in tables.iterdir()}
+
+    with (raw / "u.data").open("a") as f:
+        f.write("5\t2\tfive\t884000000\n")
+    reproduce("source", root, force=True)
+    with pytest.raises(StageFailed) as failed:
+        reproduce("ingest", root)
+    assert failed.value.message == "u.data line 16, column rating: not a number ('five')"
+    assert not failed.value.transient
+    assert {p.name: p.read_bytes() for p in tables.iterdir()} == before
