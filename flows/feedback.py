@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.retrain import retrain
+from pipeline.data.errors import DataError
 from pipeline.feedback.batches import add_batch, list_batches, mark_trained, pending_ratings, read_feedback
 from pipeline.feedback.validate import validate_feedback
 from pipeline.params import load_params
@@ -29,8 +30,9 @@ def add_feedback(file: str, params_file: str, overrides: list[str], root: str) -
     """Read and validate ``file``; store its ratings as a new batch unless the same rows are stored."""
     paths = Paths(Path(root))
     params = load_params(paths.root / params_file, overrides)
-    ratings, lines = read_feedback(Path(file))
-    validate_feedback(ratings, lines, Path(file), params, paths)
+    problems: list[DataError] = []
+    ratings, lines = read_feedback(Path(file), problems)
+    validate_feedback(ratings, lines, Path(file), params, paths, problems)
     batch, added = add_batch(ratings, paths.feedback)
     get_run_logger().info(
         "%s %s (%d ratings)", "stored" if added else "already stored as", batch.name, batch.rows

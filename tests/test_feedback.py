@@ -251,3 +251,23 @@ def test_validation_needs_the_ingested_items(tmp_path: Path) -> None:
     ratings, lines = read_feedback(write_csv(tmp_path / "a.csv", ROWS))
     with pytest.raises(FileNotFoundError, match=r"items.parquet not found: run the 'ingest' stage first"):
         validate_feedback(ratings, lines, tmp_path / "a.csv", params(), Paths(tmp_path / "empty"))
+
+
+def test_every_problem_of_a_feedback_file_is_named_at_once(ingested: Paths, tmp_path: Path) -> None:
+    """A value that does not parse, an unknown item and a rating out of range: one error lists all three,
+    in line order, each with the file's line (and column where it is about one value)."""
+    path = tmp_path / "bad.csv"
+    path.write_text("user_id,item_id,rating,timestamp\nu9,1,five,1\nu9,2,4,2\nu9,99,4,3\nu9,3,9,4\nu9,4,,5\n")
+    problems: list[DataError] = []
+    ratings, lines = read_feedback(path, problems)
+    assert lines.tolist() == [3, 4, 5]  # lines 2 and 6 hold values that do not parse
+    with pytest.raises(DataValidationError) as caught:
+        validate_feedback(ratings, lines, path, params(), ingested, problems)
+    listed = [line.strip() for line in str(caught.value).splitlines()[1:4]]
+    assert listed == [
+        "bad.csv line 2, column rating: not a number ('five')",
+        "bad.csv line 4: unknown item_id",
+        "bad.csv line 5: rating outside [1, 5]",
+    ]
+    assert "bad.csv line 6, column rating: missing value" in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: 4 problem(s) in the new ratings; nothing was stored")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.errors import DataError
 from pipeline.data.schema import RATINGS, frame
-from pipeline.data.textfile import Table, parse_fields, read_text, split_lines, to_float, to_int
+from pipeline.data.textfile import Table, parse_fields, read_text, split_lines
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.paths import Paths
 
@@ -88,12 +88,14 @@ def _jsonl_table(path: Path, text: str) -> Table:
     return Table(path, {c: pd.Series(v, dtype=str) for c, v in rows.items()}, lines.numbers)
 
 
-def read_feedback(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+def read_feedback(path: Path, problems: list[DataError] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The ratings of a feedback file, typed like the ratings table (``RATINGS``), and the 1-based line
     of the file each row came from.
 
     CSV: a header line naming the four columns, then comma-separated values. JSONL: one object per line
-    with those four fields. Every defect raises a :class:`DataError` naming the file, line and column.
+    with those four fields. A defect of the file's structure raises a :class:`DataError` naming the file,
+    line and column. A bad value does too, unless ``problems`` is given: then every bad value is added to
+    it (one :class:`DataError` each) and its row left out, so that all of a file's problems are reported.
     """
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
@@ -101,17 +103,38 @@ def read_feedback(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         raise DataError(path, None, None, f"unknown format: expected one of {', '.join(FORMATS)}")
     text = read_text(path, "utf-8", MAX_FILE_MB).removeprefix("\ufeff")
     table = _csv_table(path, text) if kind == "csv" else _jsonl_table(path, text)
-    for column in ("user_id", "item_id", "rating", "timestamp"):
+    found: list[DataError] = []
+    for column in COLUMNS:
         empty = (table.columns[column] == "").to_numpy().nonzero()[0]
-        if empty.size:
-            raise table.error(int(empty[0]), column, "missing value")
+        found += [table.error(int(k), column, "missing value") for k in empty]
+    rating, rating_bad = _numbers(table, "rating", integer=False)
+    timestamp, timestamp_bad = _numbers(table, "timestamp", integer=True)
+    found += rating_bad + timestamp_bad
+    if found and problems is None:
+        raise min(found, key=lambda e: (e.row or 0, COLUMNS.index(e.column or "user_id")))
+    keep = ~np.isin(table.lines, [e.row for e in found if e.row is not None])
+    if problems is not None:
+        problems += found
     columns = {
-        "user_id": table.columns["user_id"],
-        "item_id": table.columns["item_id"],
-        "rating": to_float(table, "rating"),
-        "timestamp": to_int(table, "timestamp"),
+        "user_id": table.columns["user_id"][keep],
+        "item_id": table.columns["item_id"][keep],
+        "rating": rating[keep],
+        "timestamp": timestamp[keep],
     }
-    return frame(columns, RATINGS), np.asarray(table.lines, dtype=np.int64)
+    return frame(columns, RATINGS), np.asarray(table.lines, dtype=np.int64)[keep]
+
+
+def _numbers(table: Table, column: str, integer: bool) -> tuple[pd.Series, list[DataError]]:
+    """``column`` as float64 (``integer``: whole numbers only), and an error per value that is neither."""
+    raw = table.columns[column]
+    values = pd.to_numeric(raw.mask(raw == ""), errors="coerce").astype("float64").reset_index(drop=True)
+    bad = np.array(values.isna() & (raw != "").to_numpy())
+    kind = "a number"
+    if integer:
+        bad |= np.array(values.notna() & (values != np.floor(values)))
+        kind = "an integer"
+    errors = [table.error(int(k), column, f"not {kind} ({raw.iloc[k]!r})") for k in np.flatnonzero(bad)]
+    return (values.round().astype("Int64") if integer else values), errors
 
 
 def canonical(ratings: pd.DataFrame) -> pd.DataFrame:

@@ -3,17 +3,21 @@
 The suite is the one ``validate`` builds (:func:`pipeline.validation.suites.build_expectations`), run on
 the new rows alone: types, no nulls, the rating range, one rating per (user, item), and item ids known to
 the ingested items table. Users may be new (that is the cold start): the batch's own users join the known
-ones. On failure the error lists the failed expectations and, for each bad row, its line in the file.
+ones. On failure the error lists every bad line of the file (unparsable values too) and the failed
+expectations.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.data.errors import DataError
 from pipeline.data.schema import table_schemas
 from pipeline.io import write_parquet
 from pipeline.params import Params
@@ -21,7 +25,7 @@ from pipeline.paths import Paths
 from pipeline.validation.quarantine import rating_problems
 from pipeline.validation.report import DataValidationError, ValidationReport
 
-MAX_BAD_ROWS_SHOWN = 5
+MAX_BAD_ROWS_SHOWN = 20
 
 
 def known_ids(paths: Paths) -> tuple[pd.Series, pd.Series]:
@@ -36,36 +40,55 @@ def known_ids(paths: Paths) -> tuple[pd.Series, pd.Series]:
 
 
 def validate_feedback(
-    ratings: pd.DataFrame, lines: np.ndarray, source: Path, params: Params, paths: Paths
+    ratings: pd.DataFrame,
+    lines: np.ndarray,
+    source: Path,
+    params: Params,
+    paths: Paths,
+    problems: Sequence[DataError] = (),
 ) -> ValidationReport:
     """Run the ratings suite on ``ratings`` (row k from line ``lines[k]`` of ``source``); raise
-    :class:`DataValidationError` on any failure, naming the expectations and the offending lines."""
+    :class:`DataValidationError` on any failure, or any of the reader's ``problems`` (rows already left
+    out), naming every offending line of the file and the failed expectations."""
+    settings = params.validation
+    users, items = known_ids(paths)
+    all_users = pd.concat([users, ratings["user_id"].dropna().astype(str)]).unique()
+    report = ValidationReport(success=True, rows={"ratings": len(ratings)}, evaluated=0)
+    if len(ratings):
+        report = _run_suite(ratings, params, users, items, all_users)
+    if report.success and not problems:
+        return report
+    found = [(int(e.row or 0), f"{source.name} line {e.row}, column {e.column}: {e.rule}") for e in problems]
+    reasons = rating_problems(ratings, pd.Series(all_users), items, settings.rating_min, settings.rating_max)
+    found += [(int(lines[i]), f"{source.name} line {lines[i]}: {r}") for i, r in enumerate(reasons) if r]
+    found.sort(key=lambda pair: pair[0])
+    message = [f"{source}: {len(found)} problem(s) in the new ratings; nothing was stored"]
+    message += [f"  {text}" for _, text in found[:MAX_BAD_ROWS_SHOWN]]
+    if len(found) > MAX_BAD_ROWS_SHOWN:
+        message.append(f"  ... and {len(found) - MAX_BAD_ROWS_SHOWN} more")
+    if report.failures:
+        names = sorted({f"{f.expectation} ({f.column})" for f in report.failures})
+        message.append(f"failed expectations of the ratings suite: {', '.join(names)}")
+    raise DataValidationError("\n".join(message), replace(report, success=False))
+
+
+def _run_suite(
+    ratings: pd.DataFrame, params: Params, users: pd.Series, items: pd.Series, all_users: np.ndarray
+) -> ValidationReport:
     from pipeline.validation import suites as gx_suites  # GX takes seconds to import: only when needed
 
     settings = params.validation
-    users, items = known_ids(paths)
     schemas = table_schemas(params.data.source)
     dtypes = {name: dict(schema.required) for name, schema in schemas.items()}
     dtypes["ratings"] = {str(c): str(t) for c, t in ratings.dtypes.items()}
     suite = gx_suites.build_expectations(schemas, dtypes, settings.rating_min, settings.rating_max)["ratings"]
-    all_users = pd.concat([users, ratings["user_id"].dropna().astype(str)]).unique()
     ids = {"user_ids": list(all_users), "item_ids": items.tolist()}
     with tempfile.TemporaryDirectory(prefix="feedback-") as folder:
         write_parquet(ratings, Path(folder) / "ratings.parquet")
         result = gx_suites.run_checkpoint(Path(folder), {"ratings": suite}, ids)
-    found = gx_suites.failures(result)
-    report = ValidationReport(
+    return ValidationReport(
         success=bool(result.success),
         rows={"ratings": len(ratings)},
         evaluated=sum(len(v.results) for v in result.run_results.values()),
-        failures=tuple(found),
+        failures=tuple(gx_suites.failures(result)),
     )
-    if report.success:
-        return report
-    problems = rating_problems(ratings, pd.Series(all_users), items, settings.rating_min, settings.rating_max)
-    bad = [(i, reason) for i, reason in enumerate(problems) if reason]
-    message = [f"{source}: the new ratings fail the ratings suite", report.summary()]
-    message += [f"  {source.name} line {lines[i]}: {reason}" for i, reason in bad[:MAX_BAD_ROWS_SHOWN]]
-    if len(bad) > MAX_BAD_ROWS_SHOWN:
-        message.append(f"  ... and {len(bad) - MAX_BAD_ROWS_SHOWN} more rows")
-    raise DataValidationError("\n".join(message), report)
