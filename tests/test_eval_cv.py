@@ -71,7 +71,6 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         "task",
         "scenarios",
         "per_fold",
-        "per_user",
         "tests",
         "ablations",
         "sizes",
@@ -103,7 +102,7 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         assert len(cv["sizes"][scenario]["query_rows"]) == 3
     got = cv["scenarios"]["new_user"]
     assert got["linear_bias"]["mae"]["mean"] < got["global_mean"]["mae"]["mean"]
-    assert cv["tests"] == {} and cv["per_user"] == {"new_user": {}}  # no meta model in this run
+    assert cv["tests"] == {} and result.per_user == {"new_user": {}}  # no meta model in this run
     json.dumps(cv, allow_nan=False)
 
 
@@ -242,6 +241,7 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet
     )
     cv = evaluate(params, paths)
     assert read_json(paths.cv_metrics) == json.loads(json.dumps(cv))
+    assert read_json(paths.per_user_values) == {"new_user": {}}  # no meta model in this run
     shots = read_json(paths.shots_metrics)
     assert shots["support_sizes"] == [0, 3]
     rows = read_json(paths.evaluation_plots / "new_user.json")
@@ -344,10 +344,12 @@ def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> N
     assert all(t["against"] in ("linear_bias", "finetune") for t in cv["tests"].values())
     assert 0 <= cv["tests"]["new_user"]["p_value"] <= 1
     assert set(cv["ablations"]["use_text"]) == set(SCENARIO_NAMES)
-    per_user = cv["per_user"]["new_user"]["meta"]["mae"]
+    per_user = first.per_user["new_user"]["meta"]["mae"]
     assert set(per_user) == {fs.vocab["user_ids"][u] for u in np.unique(fs.ratings["user_index"])}
-    # what the registry's promotion gate reads from cv.json
-    gate = evidence(json.loads(json.dumps(cv)), "mae", Path("metrics/cv.json"))
+    # what the registry's promotion gate reads from cv.json and per_user.json
+    gate = evidence(
+        json.loads(json.dumps(cv)), "mae", Path("metrics/cv.json"), json.loads(json.dumps(first.per_user))
+    )
     assert gate.mean == cv["scenarios"]["new_user"]["meta"]["mae"]["mean"]
     assert len(gate.per_fold) == 2 and gate.per_user == per_user
     assert gate.protocol == "kfold folds=2 support_size=10 seed=42"
