@@ -74,7 +74,8 @@ def retrain(params_file: str = "params.yaml", overrides: list[str] | None = None
     params_path = base / params_file
     load_params(params_path, overrides or [])  # reject bad params before any work starts
     if overrides:
-        write_overrides(params_path, overrides)
+        saved = write_overrides(params_path, overrides)
+        get_run_logger().info("saved %d override(s) to %s: %s", len(saved), params_file, ", ".join(saved))
     for stage in STAGES:
         run_stage(stage, str(base))
 
