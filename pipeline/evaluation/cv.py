@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from pipeline.baselines.base import Objective
 from pipeline.evaluation.implicit import implicit_feature_set
@@ -36,6 +35,7 @@ from pipeline.features.store import FeatureSet, load_feature_set
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import Params
 from pipeline.paths import Paths
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _evaluate_all(
     jobs = [(fold, name) for fold in folds for name in params.eval.models]
     workers = min(params.eval.workers, len(jobs))
     results: dict[tuple[int, str], ModelResult] = {}
-    with tqdm(total=len(jobs), desc="evaluate", unit="fit") as bar:
+    with Progress(len(jobs), "evaluate", "fit") as bar:
         if workers <= 1:
             for fold, name in jobs:
                 bar.set_postfix(fold=fold.index, model=name)
