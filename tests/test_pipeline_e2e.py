@@ -38,6 +38,7 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(
             assert set(metrics) >= {"mae", "rmse"}
             assert 0 < metrics["mae"]["mean"] < 4
     assert "meta" in result["table"] and "linear_bias" in result["table"]
+    assert result["table_printed"]  # by the evaluate stage: `metarec run` does not print it again
     assert result["registration"]["alias"] == "champion"
     assert load_params(root / "params.yaml").data.source == "synthetic"  # overrides recorded for DVC
 
@@ -71,6 +72,7 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
 
     result = retrain(params_file="params.yaml", overrides=[], root=str(root))
     assert result["registration"] == first  # nothing re-ran, nothing re-registered
+    assert not result["table_printed"]  # evaluate was skipped: `metarec run` prints the table
 
     # Two commits with different evaluations: `dvc metrics diff` and `dvc plots diff` compare them.
     git = ("git", "-c", "user.name=metarec", "-c", "user.email=metarec@example.com")
