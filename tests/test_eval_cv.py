@@ -24,6 +24,7 @@ from pipeline.evaluation.cv import (
 from pipeline.evaluation.metrics import mae, topk_metrics
 from pipeline.evaluation.models import MODEL_NAMES, build_model
 from pipeline.evaluation.protocols import kfold_folds
+from pipeline.evaluation.report import shots_figure
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import score_shots
 from pipeline.evaluation.splits import SCENARIO_NAMES
@@ -270,6 +271,23 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet
         assert (paths.evaluation_report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for folder in (paths.metrics, paths.plots, paths.reports):
         assert not [p for p in folder.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_shots_figure_ticks_the_support_sizes_and_keeps_the_legend_off_the_curves(tmp_path: Path) -> None:
+    sizes = [0, 1, 3, 5, 10, 20]
+    curve = {
+        f"support_{k}": {"mae": {"mean": 0.9 - k / 100, "ci95": [0.85 - k / 100, 0.95 - k / 100]}}
+        for k in sizes
+    }
+    shots = {"metric": "mae", "support_sizes": sizes, "models": {"linear_bias": curve, "meta": curve}}
+    fig = shots_figure(shots, tmp_path / "shots.png")
+    (ax,) = fig.axes
+    assert list(ax.get_xticks()) == sizes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "3", "5", "10", "20"]
+    legend = ax.get_legend().get_window_extent()  # laid out by the save
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, not over the bands
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["linear_bias", "meta"]
+    assert (tmp_path / "shots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_format_table_shows_every_model_and_metric(result: Evaluation) -> None:
