@@ -6,8 +6,7 @@ p < ``register.max_p`` (:mod:`pipeline.registry.gate`); otherwise it becomes ``c
 carries lineage tags (git commit, dataset hash, params hash, fold protocol, metrics per scenario), a
 model card, and the served model's accuracy and latency with and without compression; its run holds the
 evaluation (``cv.json``, ``shots.json``, the per-user values, the report with its figures) and the
-meta-training curve. Aliases
-only: registry stages are deprecated.
+meta-training curve. Aliases only: registry stages are deprecated.
 
 Registration is idempotent: the run carries a ``registration_key`` tag (model fingerprint, params digest,
 dataset hash, evaluation digest), and a rerun with the same key reuses that run's model version instead of
@@ -305,7 +304,7 @@ def champion_evidence(
         source = Path(f"version {champion.version}: {CV_ARTIFACT}")
         return evidence(artifact(CV_ARTIFACT), metric, source, per_user)
     except (MlflowException, OSError, ValueError) as exc:
-        log.warning("champion version %s: no usable %s (%s)", champion.version, CV_ARTIFACT, exc)
+        log.warning("champion version %s: no usable evaluation (%s)", champion.version, exc)
         return None
 
 
