@@ -519,6 +519,8 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
     assert listed == ["metrics/cv.json", "metrics/shots.json"]
     report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/report.md")
     assert report == (paths.evaluation_report / "report.md").read_text()
+    per_user = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{reg.PER_USER_ARTIFACT}")
+    assert per_user == json.loads(paths.per_user_values.read_text())
     card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
     for heading in ("## Intended use", "## Data", "## Metrics", "## Serving", "## Lineage", "## Limitations"):
         assert heading in card
