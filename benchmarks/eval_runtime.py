@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--metrics", type=Path, default=None, help="write cv.json and shots.json here too")
+    parser.add_argument("--metrics", type=Path, default=None, help="write cv.json, shots.json, per_user.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.metrics is not None:
         write_json(result.cv, args.metrics / "cv.json")
         write_json(result.shots, args.metrics / "shots.json")
+        write_json(result.per_user, args.metrics / "per_user.json")
     return out
 
 

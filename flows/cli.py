@@ -170,7 +170,8 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: Deb
         return retrain(params_file=str(params), overrides=list(set_ or []), root=str(paths.root))
 
     result = _execute("run", params, set_, debug, body)
-    typer.echo(result["table"])
+    if not result["table_printed"]:
+        typer.echo(result["table"])
     typer.echo(
         f"registered {result['registration']['name']} version {result['registration']['version']}"
         f" as {result['registration']['alias']}"

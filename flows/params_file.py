@@ -1,30 +1,64 @@
 """Record ``--set`` overrides in the params file, as ``dvc exp run --set-param`` does.
 
 The stages that DVC runs read ``params.yaml``; writing the overrides there keeps ``dvc.lock``, the
-params and the results in agreement. Comments and key order are preserved.
+params and the results in agreement. Only the overridden values change: every other line stays byte for
+byte as it was (comments, quotes, ``null``, flow-style lists such as ``[128, 64]``, long lines).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.representer import RoundTripRepresenter
 
 from pipeline.io import write_with
 from pipeline.params import parse_override
 
+WIDTH = 1 << 16
+"""Never wrap a line (ruamel's default wraps flow lists at 80 columns)."""
 
-def write_overrides(path: Path, overrides: list[str]) -> None:
+
+def _represent_none(representer: RoundTripRepresenter, _: None) -> Any:
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
+
+def _yaml() -> YAML:
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = WIDTH
+    yaml.representer.add_representer(type(None), _represent_none)
+    return yaml
+
+
+def _styled(value: Any, old: Any) -> Any:
+    """``value`` as a node styled like ``old``, the value it replaces: a list stays in flow style
+    (``[a, b]``) unless the list it replaces was a block list."""
+    if not isinstance(value, list):
+        return value
+    seq = CommentedSeq(value)
+    if not isinstance(old, CommentedSeq) or old.fa.flow_style():
+        seq.fa.set_flow_style()
+    return seq
+
+
+def write_overrides(path: Path, overrides: list[str]) -> list[str]:
+    """Set each ``section.key=value`` of ``overrides`` in the YAML file ``path`` (created if missing);
+    returns the overrides as ``key=value``, in order, for the caller to report."""
+    yaml = _yaml()
     tree = yaml.load(path.read_text()) if path.exists() else None
     if tree is None:
-        tree = {}
+        tree = CommentedMap()
+    saved = []
     for text in overrides:
         key, value = parse_override(text)
         node = tree
         *sections, leaf = key.split(".")
         for section in sections:
-            node = node.setdefault(section, {})
-        node[leaf] = value
+            node = node.setdefault(section, CommentedMap())
+        node[leaf] = _styled(value, node.get(leaf))
+        saved.append(f"{key}={text.partition('=')[2].strip()}")
     write_with(path, lambda tmp: yaml.dump(tree, tmp))
+    return saved

@@ -33,6 +33,8 @@ FORCED = ("source",)
 LOG_TAIL_LINES = 15
 DVC_FAILURE = "ERROR: failed to reproduce"
 DVC_CHATTER = ("Running stage", "> ", "Verifying", "Stage '")
+SKIPPED = "didn't change, skipping"
+"""What ``dvc repro`` prints for a stage it does not run."""
 
 
 def reproduce(stage: str, root: Path, force: bool = False) -> str:
@@ -110,9 +112,9 @@ def retrain(params_file: str = "params.yaml", overrides: list[str] | None = None
     params_path = base / params_file
     load_params(params_path, overrides or [])  # reject bad params before any work starts
     if overrides:
-        write_overrides(params_path, overrides)
-    for stage in STAGES:
-        run_stage(stage, str(base))
+        saved = write_overrides(params_path, overrides)
+        get_run_logger().info("saved %d override(s) to %s: %s", len(saved), params_file, ", ".join(saved))
+    tails = {stage: run_stage(stage, str(base)) for stage in STAGES}
 
     from pipeline.evaluation.cv import format_table
 
@@ -124,4 +126,9 @@ def retrain(params_file: str = "params.yaml", overrides: list[str] | None = None
         f"as `{registration['alias']}` (run `{registration['run_id']}`).",
         key="registered-model",
     )
-    return {"table": format_table(cv), "registration": registration}
+    # `metarec evaluate` printed the table into the streamed output, unless DVC skipped the stage
+    return {
+        "table": format_table(cv),
+        "table_printed": SKIPPED not in tails["evaluate"],
+        "registration": registration,
+    }

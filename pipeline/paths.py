@@ -104,6 +104,11 @@ class Paths:
         return self.metrics / "shots.json"
 
     @property
+    def per_user_values(self) -> Path:
+        """The meta model's ``new_user`` value per user, which the promotion gate pairs (no DVC metric)."""
+        return self.root / "data" / "evaluation" / "per_user.json"
+
+    @property
     def evaluation_plots(self) -> Path:
         """DVC plot data of the evaluation: one file per scenario, and the support-size curve."""
         return self.plots / "evaluation"

@@ -107,7 +107,6 @@ def cv_result(
     meta_mae: float,
     per_fold: list[float] | None = None,
     seed: int = 42,
-    per_user: dict[str, float] | None = None,
 ) -> dict:
     """A ``cv.json`` as ``evaluate`` writes it; per-fold MAEs default to ``meta_mae`` -0.02, +0.02, 0."""
     folds = per_fold if per_fold is not None else [meta_mae - 0.02, meta_mae + 0.02, meta_mae]
@@ -128,14 +127,22 @@ def cv_result(
         "seed": seed,
         "per_fold": {"new_user": {"meta": {"mae": folds, "rmse": [v + 0.2 for v in folds]}}},
     }
-    if per_user is not None:
-        cv["per_user"] = {"new_user": {"meta": {"mae": per_user}}}
     return cv
 
 
-def write_cv(paths: Paths, meta_mae: float, **kwargs: object) -> None:
+def per_user_result(mae: dict[str, float]) -> dict:
+    """A ``per_user.json`` as ``evaluate`` writes it: the meta model's new_user MAE per user id."""
+    return {"new_user": {"meta": {"mae": mae}}}
+
+
+def write_cv(
+    paths: Paths, meta_mae: float, per_user: dict[str, float] | None = None, **kwargs: object
+) -> None:
+    """``cv.json`` and ``per_user.json`` (no users unless ``per_user``), as ``evaluate`` writes them."""
     paths.metrics.mkdir(parents=True, exist_ok=True)
     paths.cv_metrics.write_text(json.dumps(cv_result(meta_mae, **kwargs)))  # type: ignore[arg-type]
+    paths.per_user_values.parent.mkdir(parents=True, exist_ok=True)
+    paths.per_user_values.write_text(json.dumps(per_user_result(per_user or {})))
 
 
 def stage_inputs(root: Path, learner: MetaLearner, fs: FeatureSet) -> Paths:

@@ -24,6 +24,7 @@ from pipeline.evaluation.cv import (
 from pipeline.evaluation.metrics import mae, topk_metrics
 from pipeline.evaluation.models import MODEL_NAMES, build_model
 from pipeline.evaluation.protocols import kfold_folds
+from pipeline.evaluation.report import shots_figure
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import score_shots
 from pipeline.evaluation.splits import SCENARIO_NAMES
@@ -71,7 +72,6 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         "task",
         "scenarios",
         "per_fold",
-        "per_user",
         "tests",
         "ablations",
         "sizes",
@@ -103,7 +103,7 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         assert len(cv["sizes"][scenario]["query_rows"]) == 3
     got = cv["scenarios"]["new_user"]
     assert got["linear_bias"]["mae"]["mean"] < got["global_mean"]["mae"]["mean"]
-    assert cv["tests"] == {} and cv["per_user"] == {"new_user": {}}  # no meta model in this run
+    assert cv["tests"] == {} and result.per_user == {"new_user": {}}  # no meta model in this run
     json.dumps(cv, allow_nan=False)
 
 
@@ -242,6 +242,7 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet
     )
     cv = evaluate(params, paths)
     assert read_json(paths.cv_metrics) == json.loads(json.dumps(cv))
+    assert read_json(paths.per_user_values) == {"new_user": {}}  # no meta model in this run
     shots = read_json(paths.shots_metrics)
     assert shots["support_sizes"] == [0, 3]
     rows = read_json(paths.evaluation_plots / "new_user.json")
@@ -270,6 +271,23 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet
         assert (paths.evaluation_report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for folder in (paths.metrics, paths.plots, paths.reports):
         assert not [p for p in folder.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_shots_figure_ticks_the_support_sizes_and_keeps_the_legend_off_the_curves(tmp_path: Path) -> None:
+    sizes = [0, 1, 3, 5, 10, 20]
+    curve = {
+        f"support_{k}": {"mae": {"mean": 0.9 - k / 100, "ci95": [0.85 - k / 100, 0.95 - k / 100]}}
+        for k in sizes
+    }
+    shots = {"metric": "mae", "support_sizes": sizes, "models": {"linear_bias": curve, "meta": curve}}
+    fig = shots_figure(shots, tmp_path / "shots.png")
+    (ax,) = fig.axes
+    assert list(ax.get_xticks()) == sizes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "3", "5", "10", "20"]
+    legend = ax.get_legend().get_window_extent()  # laid out by the save
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, not over the bands
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["linear_bias", "meta"]
+    assert (tmp_path / "shots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_format_table_shows_every_model_and_metric(result: Evaluation) -> None:
@@ -344,10 +362,12 @@ def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> N
     assert all(t["against"] in ("linear_bias", "finetune") for t in cv["tests"].values())
     assert 0 <= cv["tests"]["new_user"]["p_value"] <= 1
     assert set(cv["ablations"]["use_text"]) == set(SCENARIO_NAMES)
-    per_user = cv["per_user"]["new_user"]["meta"]["mae"]
+    per_user = first.per_user["new_user"]["meta"]["mae"]
     assert set(per_user) == {fs.vocab["user_ids"][u] for u in np.unique(fs.ratings["user_index"])}
-    # what the registry's promotion gate reads from cv.json
-    gate = evidence(json.loads(json.dumps(cv)), "mae", Path("metrics/cv.json"))
+    # what the registry's promotion gate reads from cv.json and per_user.json
+    gate = evidence(
+        json.loads(json.dumps(cv)), "mae", Path("metrics/cv.json"), json.loads(json.dumps(first.per_user))
+    )
     assert gate.mean == cv["scenarios"]["new_user"]["meta"]["mae"]["mean"]
     assert len(gate.per_fold) == 2 and gate.per_user == per_user
     assert gate.protocol == "kfold folds=2 support_size=10 seed=42"

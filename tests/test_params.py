@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,17 @@ def test_write_overrides_keeps_comments(tmp_path: Path) -> None:
     assert "# top comment" in text and "# steps" in text
     assert load_params(f).train.inner_steps == 2
     assert load_params(f).eval.folds == 3
+
+
+def test_write_overrides_changes_only_the_overridden_values(tmp_path: Path) -> None:
+    """On the repo's params.yaml every other byte stays: ``null``, flow lists, comments, long lines."""
+    original = (REPO / "params.yaml").read_text()
+    f = tmp_path / "params.yaml"
+    f.write_text(original)
+    saved = write_overrides(f, ["train.epochs=3", "train.hidden=[64, 32]"])
+    assert saved == ["train.epochs=3", "train.hidden=[64, 32]"]
+    expected = re.sub(r"^  epochs: \S+", "  epochs: 3", original, count=1, flags=re.M)
+    expected = re.sub(r"^  hidden: \[128, 64\]", "  hidden: [64, 32] ", expected, count=1, flags=re.M)
+    assert expected.count("\n") == original.count("\n") and expected != original
+    assert f.read_bytes() == expected.encode()
+    assert write_overrides(f, ["train.epochs=20", "train.hidden=[128, 64]"]) and f.read_text() == original

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.params import load_params
-from tests.project import BIN, SMOKE, make_project, sh, stages_run
+from tests.project import BIN, REPO, SMOKE, make_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(
             assert set(metrics) >= {"mae", "rmse"}
             assert 0 < metrics["mae"]["mean"] < 4
     assert "meta" in result["table"] and "linear_bias" in result["table"]
+    assert result["table_printed"]  # by the evaluate stage: `metarec run` does not print it again
     assert result["registration"]["alias"] == "champion"
     assert load_params(root / "params.yaml").data.source == "synthetic"  # overrides recorded for DVC
 
@@ -71,11 +73,27 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
 
     result = retrain(params_file="params.yaml", overrides=[], root=str(root))
     assert result["registration"] == first  # nothing re-ran, nothing re-registered
+    assert not result["table_printed"]  # evaluate was skipped: `metarec run` prints the table
 
-    # Two commits with different evaluations: `dvc metrics diff` and `dvc plots diff` compare them.
+    # Two commits with different evaluations: `dvc metrics diff` and `dvc plots diff` compare them. The
+    # first commits the project under the repo's .gitignore, then what the README says to commit after a
+    # run; that leaves nothing else for git.
     git = ("git", "-c", "user.name=metarec", "-c", "user.email=metarec@example.com")
-    sh(*git, "add", "-A", cwd=root)
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    sh(*git, "add", ".gitignore", ".dvc", "dvc.yaml", "pipeline", "feedback", cwd=root)
+    sh(*git, "add", "params.yaml", "dvc.lock", "metrics/", "plots/", cwd=root)
     sh(*git, "commit", "-qm", "first evaluation", cwd=root)
+    assert sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root) == ""
+    # The per-user values are a DVC output, not a metric: no `dvc metrics show` column per user.
+    shown = sh(str(BIN / "dvc"), "metrics", "show", cwd=root)
+    columns = shown.splitlines()[0].split()
+    per_user = json.loads((root / "data" / "evaluation" / "per_user.json").read_text())
+    users = per_user["new_user"]["meta"]["mae"]
+    assert len(users) > 10 and not [c for c in columns if any(c.endswith(f".{u}") for u in users)]
+    assert not [c for c in columns if "per_user" in c]
+    # What is left: mean and std of every scenario x model x metric and of the support-size curve
+    # (about 1,150 columns for the 8 models here), whatever the number of users.
+    assert len(columns) < 1_500, len(columns)
     before = json.loads((root / "metrics" / "cv.json").read_text())
     write_overrides(root / "params.yaml", ["eval.support_size=3"])
     assert stages_run(sh(str(BIN / "dvc"), "repro", "evaluate", cwd=root)) == ["evaluate"]

@@ -34,8 +34,10 @@ from tests.registry_fixtures import (
     LIKES_A,
     N_ITEMS,
     TRAIN_CONFIG,
+    cv_result,
     git_repo,
     item_id,
+    per_user_result,
     stage_inputs,
     tiny_feature_set,
     write_cv,
@@ -318,8 +320,37 @@ def test_missing_input_names_the_file_and_stage(untrained_root: Path, tmp_path: 
     (root / "data" / "features").symlink_to(Paths(untrained_root).features)
     paths.metrics.mkdir()
     paths.cv_metrics.write_text(json.dumps({"scenarios": {"warm": {"meta": {"mae": {"mean": 0.7}}}}}))
+    with pytest.raises(FileNotFoundError, match=r"per_user.json.*'evaluate'"):
+        reg.register(Params(), paths)
+    paths.per_user_values.parent.mkdir()
+    paths.per_user_values.write_text(json.dumps(per_user_result({})))
     with pytest.raises(ValueError, match=r"cv.json: scenarios.new_user.meta.mae"):
         reg.register(Params(), paths)
+
+
+def test_champion_evidence_reads_per_user_json_and_older_runs_cv_json(tmp_path: Path) -> None:
+    """The champion's per-user values come from the ``per_user.json`` logged with its run; a run logged
+    before that file existed keeps them in its ``cv.json``, and the gate still pairs users."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("metarec", artifact_location=(tmp_path / "artifacts").as_uri())
+    client.create_registered_model("metarec")
+    old_users, new_users = {"u1": 0.5, "u2": 0.75}, {"u1": 0.25, "u3": 1.0}
+    for files, expected in (
+        ({"metrics/cv.json": {**cv_result(0.8), "per_user": per_user_result(old_users)}}, (0.8, old_users)),
+        (
+            {"metrics/cv.json": cv_result(0.7), reg.PER_USER_ARTIFACT: per_user_result(new_users)},
+            (0.7, new_users),
+        ),
+    ):
+        run = client.create_run(experiment)
+        for artifact, content in files.items():
+            client.log_dict(run.info.run_id, content, artifact)
+        version = client.create_model_version("metarec", f"{run.info.artifact_uri}/model", run.info.run_id)
+        client.set_registered_model_alias("metarec", "champion", version.version)
+        got = reg.champion_evidence(client, uri, "metarec", "mae")
+        assert got is not None
+        assert (got.mean, got.per_user) == expected
 
 
 # -- slow: a trained learner through the registry --------------------------------------------------------
@@ -488,6 +519,8 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
     assert listed == ["metrics/cv.json", "metrics/shots.json"]
     report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/report.md")
     assert report == (paths.evaluation_report / "report.md").read_text()
+    per_user = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{reg.PER_USER_ARTIFACT}")
+    assert per_user == json.loads(paths.per_user_values.read_text())
     card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
     for heading in ("## Intended use", "## Data", "## Metrics", "## Serving", "## Lineage", "## Limitations"):
         assert heading in card

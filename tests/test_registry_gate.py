@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from pipeline.registry.gate import Evidence, decide, evidence, fold_protocol, paired_p_value
-from tests.registry_fixtures import cv_result
+from tests.registry_fixtures import cv_result, per_user_result
 
 SOURCE = Path("metrics/cv.json")
 METRIC = "new_user.meta.mae"
@@ -26,12 +26,18 @@ def test_fold_protocol_names_what_fixes_the_folds() -> None:
 
 
 def test_evidence_reads_mean_folds_and_users() -> None:
-    got = evidence(cv_result(0.8, per_fold=[0.7, 0.9, 0.8], per_user={"7": 0.5, "u2": 1.25}), "mae", SOURCE)
-    assert got == Evidence(
-        "kfold folds=3 support_size=5 seed=42", 0.8, (0.7, 0.9, 0.8), {"7": 0.5, "u2": 1.25}
-    )
+    users = {"7": 0.5, "u2": 1.25}
+    got = evidence(cv_result(0.8, per_fold=[0.7, 0.9, 0.8]), "mae", SOURCE, per_user_result(users))
+    assert got == Evidence("kfold folds=3 support_size=5 seed=42", 0.8, (0.7, 0.9, 0.8), users)
     assert evidence(cv_result(0.8), "rmse", SOURCE).per_fold == pytest.approx((0.98, 1.02, 1.0))
     assert evidence(cv_result(0.8), "mae", SOURCE).per_user == {}
+    assert evidence(cv_result(0.8), "mae", SOURCE, per_user_result({})).per_user == {}
+
+
+def test_evidence_reads_users_from_an_older_cv_json() -> None:
+    """Before per-user values had their own file, cv.json held them under ``per_user``."""
+    old = {**cv_result(0.8), "per_user": per_user_result({"7": 0.5, "u2": 1.25})}
+    assert evidence(old, "mae", SOURCE).per_user == {"7": 0.5, "u2": 1.25}
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,20 @@ def test_killed_worker_resumes_from_checkpoint_and_ends_identical(
 
 
 @pytest.mark.slow
+def test_torchrun_logs_progress_per_tenth_not_per_step(fs_dir, tmp_path, caplog, monkeypatch) -> None:
+    """The workers' output is a pipe: 150 meta-steps over 10 epochs log at most 11 progress lines (every
+    10 % and the end), not a bar redrawn on a new line per step."""
+    monkeypatch.delenv("METAREC_PROGRESS", raising=False)
+    config = {**CONFIG, "epochs": 10, "meta_batch": 2}  # 15 meta-steps per epoch
+    with caplog.at_level(logging.INFO, logger="pipeline.training.launch"):
+        train_distributed(fs_dir, config, tmp_path / "model", nproc=1, seed=SEED)
+    lines = [r.getMessage() for r in caplog.records if "meta-train" in r.getMessage()]
+    assert 1 <= len(lines) <= 10 + 1, lines
+    assert "meta-train: 150/150 step (100%)" in lines[-1] and "query_mae=" in lines[-1]
+    assert not [line for line in lines if "it/s" in line or "step/s" in line]  # no tqdm bar
+
+
+@pytest.mark.slow
 def test_failed_worker_log_tail_is_in_the_error(tmp_path) -> None:
     missing = tmp_path / "no-features"
     with pytest.raises(TrainingFailed) as info:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pipeline.baselines.base import (
     Objective,
@@ -33,6 +32,7 @@ from pipeline.baselines.base import (
     unseen_support,
 )
 from pipeline.features.store import FeatureSet
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,22 @@ class LinearBias:
         m = [np.zeros_like(t) for t in theta]
         v = [np.zeros_like(t) for t in theta]
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        for step in tqdm(range(1, self.iterations + 1), desc="linear_bias", disable=not self.progress):
-            dz = self._dloss_dz(r, theta[0][0] + theta[1][u] + theta[2][i])
-            grads = [
-                np.array([dz.sum()]) / n,
-                (2.0 * self.l2_user * theta[1] + np.bincount(u, weights=dz, minlength=fs.n_users)) / n,
-                (2.0 * self.l2_item * theta[2] + np.bincount(i, weights=dz, minlength=fs.n_items)) / n,
-            ]
-            lr = self.learning_rate * 0.5 * (1.0 + np.cos(np.pi * (step - 1) / self.iterations))
-            for t, g, m_t, v_t in zip(theta, grads, m, v, strict=True):
-                m_t *= beta1
-                m_t += (1 - beta1) * g
-                v_t *= beta2
-                v_t += (1 - beta2) * g * g
-                t -= lr * (m_t / (1 - beta1**step)) / (np.sqrt(v_t / (1 - beta2**step)) + eps)
+        with Progress(self.iterations, "linear_bias", enabled=self.progress) as bar:
+            for step in range(1, self.iterations + 1):
+                dz = self._dloss_dz(r, theta[0][0] + theta[1][u] + theta[2][i])
+                grads = [
+                    np.array([dz.sum()]) / n,
+                    (2.0 * self.l2_user * theta[1] + np.bincount(u, weights=dz, minlength=fs.n_users)) / n,
+                    (2.0 * self.l2_item * theta[2] + np.bincount(i, weights=dz, minlength=fs.n_items)) / n,
+                ]
+                lr = self.learning_rate * 0.5 * (1.0 + np.cos(np.pi * (step - 1) / self.iterations))
+                for t, g, m_t, v_t in zip(theta, grads, m, v, strict=True):
+                    m_t *= beta1
+                    m_t += (1 - beta1) * g
+                    v_t *= beta2
+                    v_t += (1 - beta2) * g * g
+                    t -= lr * (m_t / (1 - beta1**step)) / (np.sqrt(v_t / (1 - beta2**step)) + eps)
+                bar.update()
         self.theta0 = float(theta[0][0])
         self.user_bias, self.item_bias = theta[1], theta[2]
         self.item_bias[np.bincount(i, minlength=fs.n_items) == 0] = 0.0

@@ -12,12 +12,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from pipeline.data.errors import DataError
 from pipeline.io import atomic_dir, atomic_path
 from pipeline.params import DataParams
 from pipeline.paths import Paths
+from pipeline.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def fetch_archive(url: str, sha256: str, target: Path, max_bytes: int) -> Path:
         digest = hashlib.sha256()
         size = 0
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
+        with Progress(total, target.name, "B", unit_scale=True) as bar:
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:

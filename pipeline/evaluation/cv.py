@@ -5,7 +5,8 @@ query rows of ``warm``, ``new_user``, ``new_item`` and ``new_both``. Each model 
 the training rows, then scores all four scenarios and the support-size curve. Every metric is reported
 as mean, standard deviation and 95% t-interval over folds; per scenario, a paired Wilcoxon test over
 users compares ``meta`` with the best baseline. Outputs: ``metrics/cv.json``, ``metrics/shots.json``, the
-DVC plot data in ``plots/evaluation/`` and the report ``reports/evaluation/report.md``.
+per-user values ``data/evaluation/per_user.json``, the DVC plot data in ``plots/evaluation/`` and the report
+``reports/evaluation/report.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from pipeline.baselines.base import Objective
 from pipeline.evaluation.implicit import implicit_feature_set
@@ -35,6 +35,7 @@ from pipeline.features.store import FeatureSet, load_feature_set
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import Params
 from pipeline.paths import Paths
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,15 @@ UserValues = dict[str, dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The stage's results: ``cv`` (``metrics/cv.json``), ``shots`` (``metrics/shots.json``), and the
-    seconds each model spent fitting and scoring per fold (``{model: {"fit": [...], "score": [...]}}``;
-    not part of the metrics, which must not depend on the machine)."""
+    """The stage's results: ``cv`` (``metrics/cv.json``), ``shots`` (``metrics/shots.json``), ``per_user``
+    (``{"new_user": {"meta": {metric: {user id: mean over folds}}}}``, what the promotion gate pairs; kept
+    out of cv.json, whose every number is a ``dvc metrics show`` column), and the seconds each model spent
+    fitting and scoring per fold (``{model: {"fit": [...], "score": [...]}}``; not part of the metrics,
+    which must not depend on the machine)."""
 
     cv: dict[str, Any]
     shots: dict[str, Any]
+    per_user: dict[str, Any]
     timings: dict[str, dict[str, list[float]]]
 
 
@@ -205,7 +209,7 @@ def _evaluate_all(
     jobs = [(fold, name) for fold in folds for name in params.eval.models]
     workers = min(params.eval.workers, len(jobs))
     results: dict[tuple[int, str], ModelResult] = {}
-    with tqdm(total=len(jobs), desc="evaluate", unit="fit") as bar:
+    with Progress(len(jobs), "evaluate", "fit") as bar:
         if workers <= 1:
             for fold, name in jobs:
                 bar.set_postfix(fold=fold.index, model=name)
@@ -277,12 +281,11 @@ def cross_validate(params: Params, fs: FeatureSet, item_year: np.ndarray | None 
         "task": params.task.kind,
         "scenarios": summary,
         "per_fold": per_fold,
-        "per_user": per_user,
         "tests": paired_tests(summary, user_values, scoring),
         "ablations": {"use_text": text_ablation(per_fold, scoring)},
         "sizes": _sizes(folds),
     }
-    return Evaluation(cv, shots_summary(shots_per_fold, ev.shots, scoring), timings)
+    return Evaluation(cv, shots_summary(shots_per_fold, ev.shots, scoring), per_user, timings)
 
 
 def format_table(cv: dict[str, Any], metrics: tuple[str, ...] | None = None) -> str:
@@ -330,12 +333,14 @@ def read_item_year(paths: Paths, item_ids: list[str]) -> np.ndarray:
 
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Stage ``evaluate``: cross-validate on ``paths.features``; write ``metrics/cv.json``,
-    ``metrics/shots.json``, ``plots/evaluation/`` and ``reports/evaluation/`` atomically; return cv.json."""
+    ``metrics/shots.json``, ``data/evaluation/per_user.json``, ``plots/evaluation/`` and
+    ``reports/evaluation/`` atomically; return cv.json."""
     fs = load_feature_set(paths.features)
     item_year = read_item_year(paths, fs.vocab["item_ids"]) if params.eval.protocol == "melu" else None
     result = cross_validate(params, fs, item_year)
     write_json(result.cv, paths.cv_metrics)
     write_json(result.shots, paths.shots_metrics)
+    write_json(result.per_user, paths.per_user_values)
     with atomic_dir(paths.evaluation_plots) as tmp:
         for scenario in SCENARIO_NAMES:
             write_json(scenario_plot_rows(result.cv, scenario), tmp / f"{scenario}.json")

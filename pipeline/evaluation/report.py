@@ -10,6 +10,8 @@ from matplotlib.figure import Figure
 from pipeline.evaluation.splits import SCENARIO_NAMES
 from pipeline.io import atomic_dir
 
+META_MODEL = "meta"
+"""Drawn on top in the support-size figure."""
 SCENARIOS_PNG = "scenarios.png"
 SHOTS_PNG = "shots.png"
 
@@ -56,21 +58,38 @@ def _scenarios_figure(cv: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _shots_figure(shots: dict[str, Any], path: Path) -> None:
+def shots_figure(shots: dict[str, Any], path: Path) -> Figure:
+    """Save the support-size curve to ``path``: one line per model with its 95% band over folds, x ticks
+    at the support sizes, the legend beside the axes (never over the bands), ``meta`` drawn on top."""
     metric = shots["metric"]
     sizes = shots["support_sizes"]
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
     for model, by_size in shots["models"].items():
         aggs = [by_size[f"support_{k}"].get(metric) for k in sizes]
         if any(a is None for a in aggs):
             continue
-        ax.plot(sizes, [a["mean"] for a in aggs], marker="o", label=model)
-        ax.fill_between(sizes, [a["ci95"][0] for a in aggs], [a["ci95"][1] for a in aggs], alpha=0.15)
-    ax.set_xlabel("support ratings of the new user")
-    ax.set_ylabel(f"new_user {metric}")
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+        top = model == META_MODEL
+        (line,) = ax.plot(
+            sizes,
+            [a["mean"] for a in aggs],
+            marker="o",
+            label=model,
+            lw=2.5 if top else 1.5,
+            zorder=3 if top else 2,
+        )
+        lows, highs = [a["ci95"][0] for a in aggs], [a["ci95"][1] for a in aggs]
+        ax.fill_between(sizes, lows, highs, color=line.get_color(), alpha=0.12, lw=0)
+    ax.set_xticks(sizes, [str(k) for k in sizes])
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=11)
+    better = "lower" if metric == "mae" else "higher"
+    ax.set_title(f"new_user {metric.upper()} by support size ({better} is better)", fontsize=13)
+    ax.set_xlabel("support ratings of the new user", fontsize=12)
+    ax.set_ylabel(f"{metric.upper()}: mean over folds, band 95% CI", fontsize=12)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, title="model", frameon=False)
+    fig.savefig(path, dpi=110)
+    return fig
 
 
 def _cell(agg: dict[str, Any] | None) -> str:
@@ -170,6 +189,6 @@ def write_report(cv: dict[str, Any], shots: dict[str, Any], folder: Path) -> Pat
     """Replace ``folder`` atomically with ``report.md``, ``scenarios.png`` and ``shots.png``."""
     with atomic_dir(folder) as tmp:
         _scenarios_figure(cv, tmp / SCENARIOS_PNG)
-        _shots_figure(shots, tmp / SHOTS_PNG)
+        shots_figure(shots, tmp / SHOTS_PNG)
         (tmp / "report.md").write_text(render_markdown(cv, shots))
     return folder / "report.md"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.io import atomic_path
+from pipeline.progress import Progress
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -168,7 +168,7 @@ def encode_texts(
         model = load_model(model_name, resolve_device(device))
         # Longest first, ties by text: batches have little padding and do not depend on input order.
         pending = sorted(todo.items(), key=lambda kv: (-len(kv[1]), kv[1]))
-        with tqdm(total=len(pending), desc="encoding item texts", unit="text") as bar:
+        with Progress(len(pending), "encoding item texts", "text") as bar:
             for start in range(0, len(pending), SHARD_ROWS):
                 chunk = pending[start : start + SHARD_ROWS]
                 vectors = []

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pipeline.features.store import FeatureSet
 from pipeline.io import atomic_dir
@@ -22,6 +21,7 @@ from pipeline.meta.batching import TaskBatch, TaskSampler, TaskSet, pad_tasks
 from pipeline.meta.config import TrainConfig
 from pipeline.meta.maml import GraphedMetaGradient, MetaObjective, make_inner_lrs
 from pipeline.meta.model import MeLU, ModelDims
+from pipeline.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class MetaLearner:
         every meta-step; the running sums are read back from the device only for those two and at epoch end.
         """
         total = self.config.epochs * sampler.n_batches
-        bar = tqdm(total=total, initial=state.step, desc="meta-train", unit="step", disable=not progress)
+        bar = Progress(total, "meta-train", "step", initial=state.step, enabled=progress)
         loss_acc = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.device)
         mae_acc = torch.tensor(state.mae_sum, dtype=torch.float64, device=self.device)
         while state.epoch < self.config.epochs:

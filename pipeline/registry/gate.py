@@ -1,12 +1,14 @@
 """The promotion gate: the challenger takes ``champion`` only if it is better on the same folds, reliably.
 
-Both versions' ``cv.json`` come from ``evaluate``, whose folds are fixed by the fold protocol (protocol,
-number of folds, support size, seed): the same protocol means the same seeded partition of the users, so
-the two evaluations can be compared pair by pair. A different protocol refuses the comparison.
+Both versions' evaluations (``cv.json``, ``per_user.json``) come from ``evaluate``, whose folds are fixed
+by the fold protocol (protocol, number of folds, support size, seed): the same protocol means the same
+seeded partition of the users, so the two evaluations can be compared pair by pair. A different protocol
+refuses the comparison.
 
 The paired test is a one-sided paired t-test of "the challenger's error is lower". It pairs **users**
-when both files hold per-user values of the gate metric (``per_user.<scenario>.<model>.<metric>``, a
-mapping user id → value; the users present in both are paired), else **folds**
+when both evaluations hold per-user values of the gate metric (``per_user.json``, or the ``per_user`` key
+of an older ``cv.json``: ``<scenario>.<model>.<metric>``, a mapping user id → value; the users present in
+both are paired), else **folds**
 (``per_fold.<scenario>.<model>.<metric>``, one value per fold). Per-user pairs are many, so the test
 has power; per-fold pairs are few (``eval.folds``), so only a consistent gain passes.
 
@@ -51,8 +53,12 @@ class Evidence:
     per_user: dict[str, float] = field(default_factory=dict)
 
 
-def evidence(cv: dict[str, Any], metric: str, source: Path) -> Evidence:
-    """The gate's view of ``cv.json``: ``metric`` of the meta model in the ``new_user`` scenario."""
+def evidence(
+    cv: dict[str, Any], metric: str, source: Path, per_user: dict[str, Any] | None = None
+) -> Evidence:
+    """The gate's view of ``cv.json`` and ``per_user`` (the contents of ``per_user.json``; None: the
+    ``per_user`` key of a ``cv.json`` written before the two were split): ``metric`` of the meta model in
+    the ``new_user`` scenario."""
     where = f"{GATE_SCENARIO}.{META_MODEL}.{metric}"
     try:
         mean = float(cv["scenarios"][GATE_SCENARIO][META_MODEL][metric]["mean"])
@@ -64,7 +70,8 @@ def evidence(cv: dict[str, Any], metric: str, source: Path) -> Evidence:
         ) from None
     if math.isnan(mean) or len(per_fold) < 1:
         raise ValueError(f"{source}: scenarios.{where}.mean is NaN or per_fold.{where} is empty")
-    users = cv.get("per_user", {}).get(GATE_SCENARIO, {}).get(META_MODEL, {}).get(metric, {})
+    values = cv.get("per_user", {}) if per_user is None else per_user
+    users = values.get(GATE_SCENARIO, {}).get(META_MODEL, {}).get(metric, {})
     if not isinstance(users, dict):
         raise ValueError(f"{source}: per_user.{where} must map user id to value")
     per_user = {str(user): float(value) for user, value in users.items()}

@@ -5,8 +5,8 @@ The new version takes ``champion`` only if, on the same folds as the champion, i
 p < ``register.max_p`` (:mod:`pipeline.registry.gate`); otherwise it becomes ``challenger``. Every version
 carries lineage tags (git commit, dataset hash, params hash, fold protocol, metrics per scenario), a
 model card, and the served model's accuracy and latency with and without compression; its run holds the
-evaluation (``cv.json``, ``shots.json``, the report with its figures) and the meta-training curve. Aliases
-only: registry stages are deprecated.
+evaluation (``cv.json``, ``shots.json``, the per-user values, the report with its figures) and the
+meta-training curve. Aliases only: registry stages are deprecated.
 
 Registration is idempotent: the run carries a ``registration_key`` tag (model fingerprint, params digest,
 dataset hash, evaluation digest), and a rerun with the same key reuses that run's model version instead of
@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 
 CV_ARTIFACT = "metrics/cv.json"
 EVALUATION_ARTIFACTS = "evaluation"
-"""The run's folder holding the evaluation report (``reports/evaluation``: report.md and its figures)."""
+"""The run's folder holding the evaluation report (``reports/evaluation``: report.md and its figures) and
+the per-user values."""
+PER_USER_ARTIFACT = f"{EVALUATION_ARTIFACTS}/per_user.json"
+"""Absent from runs logged before per-user values left ``cv.json``; the gate then reads them there."""
 MODEL_CARD = "model_card.md"
 FOLD_PROTOCOL_TAG = "fold_protocol"
 KEY_TAG = "registration_key"
@@ -245,10 +248,10 @@ def model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def registration_key(model_sha256: str, params_hash: str, data_hash: str, cv_sha256: str) -> str:
+def registration_key(model_sha256: str, params_hash: str, data_hash: str, evaluation_sha256: str) -> str:
     """What makes two registrations the same: the trained model, the params, the data and the evaluation
-    the gate reads (``cv.json``)."""
-    parts = {"model": model_sha256, "params": params_hash, "data": data_hash, "evaluation": cv_sha256}
+    the gate reads (``cv.json`` and ``per_user.json``)."""
+    parts = {"model": model_sha256, "params": params_hash, "data": data_hash, "evaluation": evaluation_sha256}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -285,16 +288,24 @@ def _experiment_id(client: MlflowClient, name: str, uri: str, artifacts: Path) -
 def champion_evidence(
     client: MlflowClient, uri: str, name: str, metric: str, alias: str = CHAMPION
 ) -> Evidence | None:
-    """The gate's view of the ``cv.json`` (logged with its run) of the version ``alias`` points at; None
-    when it cannot be read."""
+    """The gate's view of the evaluation logged with the run of the version ``alias`` points at: its
+    ``cv.json`` and ``per_user.json`` (a run without the latter keeps its per-user values in ``cv.json``);
+    None when it cannot be read."""
     champion = client.get_model_version_by_alias(name, alias)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=champion.run_id, artifact_path=CV_ARTIFACT, tracking_uri=uri
+    run_id = str(champion.run_id)
+
+    def artifact(path: str) -> Any:
+        return read_json(
+            Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=uri))
         )
-        return evidence(read_json(Path(local)), metric, Path(f"version {champion.version}: {CV_ARTIFACT}"))
+
+    try:
+        logged = {f.path for f in client.list_artifacts(run_id, EVALUATION_ARTIFACTS)}
+        per_user = artifact(PER_USER_ARTIFACT) if PER_USER_ARTIFACT in logged else None
+        source = Path(f"version {champion.version}: {CV_ARTIFACT}")
+        return evidence(artifact(CV_ARTIFACT), metric, source, per_user)
     except (MlflowException, OSError, ValueError) as exc:
-        log.warning("champion version %s: no usable %s (%s)", champion.version, CV_ARTIFACT, exc)
+        log.warning("champion version %s: no usable evaluation (%s)", champion.version, exc)
         return None
 
 
@@ -310,10 +321,12 @@ def transfer_tags(train: dict[str, Any], vocab: dict[str, Any]) -> dict[str, str
 
 
 def _evaluation_artifacts(paths: Paths) -> list[tuple[Path, str]]:
-    """What people read beside ``cv.json``, with the run's artifact folder of each: the support-size curve,
-    the evaluation report (markdown and figures) and the meta-training curve; those missing are skipped."""
+    """What is logged beside ``cv.json``, with the run's artifact folder of each: the support-size curve,
+    the per-user values, the evaluation report (markdown and figures) and the meta-training curve; those
+    missing are skipped."""
     wanted = [
         (paths.shots_metrics, "metrics"),
+        (paths.per_user_values, EVALUATION_ARTIFACTS),
         (paths.evaluation_report, EVALUATION_ARTIFACTS),
         (paths.train_curve, "plots"),
     ]
@@ -353,9 +366,10 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
     _require(paths.model, "train")
     _require(paths.features / "vocab.json", "features")
     cv_path = _require(paths.cv_metrics, "evaluate")
+    per_user_path = _require(paths.per_user_values, "evaluate")
     cv = read_json(cv_path)
     metrics = cv_metrics(cv, cv_path)
-    new = evidence(cv, cfg.gate_metric, cv_path)
+    new = evidence(cv, cfg.gate_metric, cv_path, read_json(per_user_path))
     uri = tracking_uri(paths)
     check_tracking_server(uri)
     lineage = {
@@ -368,7 +382,7 @@ def register(params: Params, paths: Paths) -> dict[str, Any]:
         model_fingerprint(paths.model),
         lineage["params_hash"],
         lineage["dataset_hash"],
-        hashlib.sha256(cv_path.read_bytes()).hexdigest(),
+        hashlib.sha256(cv_path.read_bytes() + per_user_path.read_bytes()).hexdigest(),
     )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
