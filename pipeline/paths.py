@@ -99,6 +99,11 @@ class Paths:
         return self.metrics / "cv.json"
 
     @property
+    def headline_metrics(self) -> Path:
+        """The primary metric per scenario and model: what ``dvc metrics show`` prints."""
+        return self.metrics / "headline.json"
+
+    @property
     def shots_metrics(self) -> Path:
         """The new_user support-size curve."""
         return self.metrics / "shots.json"

@@ -26,7 +26,7 @@ from pipeline.baselines.base import Objective
 from pipeline.evaluation.implicit import implicit_feature_set
 from pipeline.evaluation.models import META_MODELS, build_model
 from pipeline.evaluation.protocols import make_folds
-from pipeline.evaluation.report import scenario_plot_rows, write_report
+from pipeline.evaluation.report import headline, scenario_plot_rows, write_report
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import ShotsPerFold, score_shots, shots_plot_rows, shots_summary
 from pipeline.evaluation.splits import SCENARIO_NAMES, Fold
@@ -339,6 +339,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     item_year = read_item_year(paths, fs.vocab["item_ids"]) if params.eval.protocol == "melu" else None
     result = cross_validate(params, fs, item_year)
     write_json(result.cv, paths.cv_metrics)
+    write_json(headline(result.cv), paths.headline_metrics)
     write_json(result.shots, paths.shots_metrics)
     write_json(result.per_user, paths.per_user_values)
     with atomic_dir(paths.evaluation_plots) as tmp:

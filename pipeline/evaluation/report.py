@@ -20,6 +20,18 @@ def _metric_of(cv: dict[str, Any]) -> str:
     return "auc" if cv["task"] == "implicit" else "mae"
 
 
+def headline(cv: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{metric: {scenario: {model: mean}}}`` of the primary metric (MAE; implicit task: AUC): the DVC
+    metric ``dvc metrics show`` prints (the whole evaluation stays in ``metrics/cv.json``)."""
+    metric = _metric_of(cv)
+    return {
+        metric: {
+            scenario: {model: round(m[metric]["mean"], 4) for model, m in models.items() if metric in m}
+            for scenario, models in cv["scenarios"].items()
+        }
+    }
+
+
 def scenario_plot_rows(cv: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
     """``[{"model", "metric", "value", "ci_low", "ci_high"}]`` of the primary metric (MAE; implicit task:
     AUC) in ``scenario``, one row per model that has it, for a DVC bar plot."""
