@@ -49,6 +49,10 @@ def item_id(index: int) -> str:
     return str(1000 + index)
 
 
+def title(index: int) -> str:
+    return f"Film {index} ({1980 + index})"
+
+
 def tiny_feature_set(seed: int = 0) -> FeatureSet:
     """Users with real attribute codes (``encode_users``); ratings 4-5 on the liked half, 1-2 on the other."""
     rng = np.random.default_rng(seed)
@@ -77,6 +81,7 @@ def tiny_feature_set(seed: int = 0) -> FeatureSet:
     vocab = {
         "user_ids": users["user_id"].tolist(),
         "item_ids": [item_id(i) for i in range(N_ITEMS)],
+        "item_titles": [title(i) for i in range(N_ITEMS)],
         "user_fields": encoded.fields,
         "user_vocab": encoded.vocab,
         "user_bins": encoded.bins,
