@@ -10,22 +10,15 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import torch
 
-from pipeline.meta.learner import MetaLearner
-from pipeline.params import Params
-from pipeline.registry import register as reg
 from tests.registry_fixtures import (
     A_USER,
     B_USER,
     LIKES_A,
-    TRAIN_CONFIG,
-    git_repo,
     item_id,
     model_server,
     post,
-    stage_inputs,
-    tiny_feature_set,
+    registered_champion,
     title,
 )
 
@@ -35,16 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``/invocations`` of ``models:/metarec@champion``, registered by the register stage."""
-    fs = tiny_feature_set()
-    learner = MetaLearner.create(TRAIN_CONFIG, fs, seed=0, device=torch.device("cpu"))
-    learner.fit(fs, progress=False)
     root = tmp_path_factory.mktemp("serving")
-    paths = stage_inputs(root, learner, fs)
-    git_repo(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        registration = reg.register(Params(), paths)
-    assert registration["alias"] == "champion"
+    registration = registered_champion(root)
     with model_server("models:/metarec@champion", registration["tracking_uri"], root / "serve.log") as url:
         yield f"{url}/invocations"
 
