@@ -28,6 +28,37 @@ SetOpt = Annotated[
     typer.Option("--set", help="override a param: section.key=value (repeatable)", show_default=False),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+HostOpt = Annotated[str, typer.Option("--host", help="address to listen on")]
+PortOpt = Annotated[int, typer.Option("--port", help="port to listen on")]
+
+
+def project_defaults(root: Path) -> dict[str, str]:
+    """The Makefile's quiet, offline, project-local settings for the project at ``root``: no telemetry,
+    no Hugging Face downloads, Prefect's and DVC's state under ``root``, the project's MLflow store."""
+    root = root.resolve()
+    return {
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "tmp" / "site"),
+        "MLFLOW_TRACKING_URI": Paths(root).mlflow_uri,
+    }
+
+
+def main() -> None:
+    """The ``metarec`` script: :func:`project_defaults` for what the environment leaves unset, then the
+    CLI. Set before any command imports Prefect (which reads its settings at import) or MLflow, and
+    inherited by what the commands start (``dvc repro``, ``torchrun``, ``mlflow models serve``)."""
+    for key, value in project_defaults(Path.cwd()).items():
+        if not os.environ.get(key):
+            os.environ[key] = value
+    app()
 
 
 def _configure_logging(debug: bool) -> None:
@@ -207,6 +238,58 @@ def promote(
     moved = _execute("promote", params, set_, debug, body)
     unchanged = "" if moved.moved else ", unchanged"
     typer.echo(f"champion: version {moved.champion} (was {moved.previous_champion}){unchanged}")
+
+
+@app.command()
+def serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 5001,
+    alias: Annotated[str, typer.Option("--alias", help="registry alias to serve")] = "champion",
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="registered model [default: register.model_name]")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve models:/NAME@ALIAS with `mlflow models serve` (POST /invocations); Ctrl-C stops."""
+
+    def body(p: Params, paths: Paths) -> None:
+        from pipeline.registry.register import tracking_uri
+        from pipeline.registry.serve import mlflow_environment, serve_command, served_version
+
+        uri = tracking_uri(paths)
+        name = model_name or p.register.model_name
+        version = served_version(uri, name, alias)
+        typer.echo(f"serving {name}@{alias} (version {version}): http://{host}:{port}/invocations", err=True)
+        command = serve_command(name, alias, host, port)
+        sys.stderr.flush()
+        os.execve(command[0], command, mlflow_environment(uri, os.environ))
+
+    _execute("serve", params, set_, debug, body)
+
+
+@app.command()
+def ui(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 5000,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """The MLflow UI on the project's store (runs, registry, aliases); Ctrl-C stops."""
+
+    def body(p: Params, paths: Paths) -> None:
+        from pipeline.registry.register import tracking_uri
+        from pipeline.registry.serve import mlflow_environment, ui_command
+
+        uri = tracking_uri(paths)
+        command = ui_command(uri, host, port)
+        typer.echo(f"MLflow UI of {uri} at http://{host}:{port}", err=True)
+        sys.stderr.flush()
+        os.execve(command[0], command, mlflow_environment(uri, os.environ))
+
+    _execute("ui", params, set_, debug, body)
 
 
 feedback_app = typer.Typer(no_args_is_help=True, help="Feed new ratings back into the data.")

@@ -150,5 +150,10 @@ class Paths:
         return self.root / "mlruns.db"
 
     @property
+    def mlflow_uri(self) -> str:
+        """The tracking URI of :attr:`mlflow_db` (absolute: the same from any working directory)."""
+        return f"sqlite:///{self.mlflow_db.resolve()}"
+
+    @property
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"

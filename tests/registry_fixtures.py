@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.features.categorical import encode_users
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.meta.learner import MetaLearner
+from pipeline.params import Params
 from pipeline.paths import Paths
+from pipeline.registry.register import register
 
 N_USERS, N_ITEMS = 60, 24
 LIKES_A = np.arange(0, 12)
@@ -47,6 +50,10 @@ FOLDS = 3
 
 def item_id(index: int) -> str:
     return str(1000 + index)
+
+
+def title(index: int) -> str:
+    return f"Film {index} ({1980 + index})"
 
 
 def tiny_feature_set(seed: int = 0) -> FeatureSet:
@@ -77,6 +84,7 @@ def tiny_feature_set(seed: int = 0) -> FeatureSet:
     vocab = {
         "user_ids": users["user_id"].tolist(),
         "item_ids": [item_id(i) for i in range(N_ITEMS)],
+        "item_titles": [title(i) for i in range(N_ITEMS)],
         "user_fields": encoded.fields,
         "user_vocab": encoded.vocab,
         "user_bins": encoded.bins,
@@ -196,17 +204,19 @@ def post(url: str, body: bytes, content_type: str = "application/json") -> tuple
 
 
 @contextmanager
-def model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout_s: float = 120) -> Iterator[str]:
-    """``mlflow models serve`` of ``model_uri`` on a free loopback port; yields the base URL once it
-    answers ``/ping``, stops the whole process group afterwards."""
-    port = free_port()
-    # mlflow execs ``uvicorn`` by name: the venv's bin must be on PATH even when it is not activated
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+def http_server(
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    ready: str = "/ping",
+    timeout_s: float = 120,
+) -> Iterator[str]:
+    """``command`` (a server on ``port`` of 127.0.0.1) run in ``log_path``'s folder; yields the base URL
+    once ``ready`` answers, stops the whole process group afterwards."""
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [*cmd, "-h", "127.0.0.1", "-p", str(port)],
+            command,
             env=env,
             cwd=log_path.parent,
             stdout=log,
@@ -217,7 +227,7 @@ def model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout_s: f
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=2):
                         break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
@@ -228,3 +238,36 @@ def model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout_s: f
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=30)
+
+
+@contextmanager
+def model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout_s: float = 120) -> Iterator[str]:
+    """``mlflow models serve`` of ``model_uri`` on a free loopback port; yields the base URL once it
+    answers ``/ping``."""
+    port = free_port()
+    # mlflow execs ``uvicorn`` by name: the venv's bin must be on PATH even when it is not activated
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    with http_server(
+        [*cmd, "-h", "127.0.0.1", "-p", str(port)], port, env, log_path, timeout_s=timeout_s
+    ) as url:
+        yield url
+
+
+def registered_champion(root: Path) -> dict:
+    """A project at ``root`` whose store (``root/mlruns.db``) holds a tiny model meta-trained on the planted
+    tastes, registered by the register stage as ``metarec@champion``; the registration record."""
+    fs = tiny_feature_set()
+    learner = MetaLearner.create(TRAIN_CONFIG, fs, seed=0, device=torch.device("cpu"))
+    learner.fit(fs, progress=False)
+    paths = stage_inputs(root, learner, fs)
+    git_repo(root)
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        registration = register(Params(), paths)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    assert registration["alias"] == "champion"
+    return registration

@@ -65,6 +65,7 @@ def test_tiny_build_round_trips_and_reuses_the_cache(tmp_path: Path) -> None:
 
     v = fs.vocab
     assert v["user_ids"] == ["1", "2", "10"] and v["item_ids"] == ["a", "b", "c"]
+    assert v["item_titles"] == ["Toy Story", "Heat", "Alien"]
     assert v["user_fields"] == ["age", "gender", "occupation", "zip_code"] and v["item_fields"] == ["decade"]
     assert v["multi_vocab"] == ["Animation", "Comedy", "Crime", "Thriller"]
     assert v["text_model"] == DEFAULT_MODEL and v["text_template"] == params.features.text_template

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pipeline.meta.learner import MetaLearner
 from pipeline.params import Params, RegisterParams
 from pipeline.paths import Paths
 from pipeline.registry import register as reg
-from pipeline.registry.pyfunc import DEFAULT_K
+from pipeline.registry.pyfunc import DEFAULT_K, RequestError
 from tests.registry_fixtures import (
     A_USER,
     B_USER,
@@ -40,6 +41,7 @@ from tests.registry_fixtures import (
     per_user_result,
     stage_inputs,
     tiny_feature_set,
+    title,
     write_cv,
 )
 
@@ -73,16 +75,14 @@ def served(saved_model: Path) -> mlflow.pyfunc.PyFuncModel:
     return mlflow.pyfunc.load_model(str(saved_model))
 
 
-def test_signature_comes_from_the_type_hints(served: mlflow.pyfunc.PyFuncModel) -> None:
-    inputs = served.metadata.signature.inputs.to_dict()[0]
-    props = inputs["properties"]
-    assert set(props) == {"user_id", "ratings", "attributes", "clicked", "candidates", "k"}
-    assert props["ratings"]["items"]["properties"]["rating"]["type"] == "double"
-    assert props["candidates"]["required"] is False and props["k"]["required"] is False
-    assert props["clicked"]["required"] is False
-    assert props["user_id"]["required"] is True and props["ratings"]["required"] is True
+def test_signature_and_input_example(served: mlflow.pyfunc.PyFuncModel) -> None:
+    """The input is a list of request objects (validated by the model itself); the example answers."""
+    [inputs] = served.metadata.signature.inputs.to_dict()
+    assert inputs["type"] == "map" and inputs["required"] is True
     outputs = served.metadata.signature.outputs.to_dict()[0]["properties"]
-    assert set(outputs) == {"items", "scores"}
+    assert set(outputs) == {"items", "scores", "titles"} and outputs["titles"]["required"] is False
+    [answer] = served.predict(served.input_example)
+    assert len(answer["items"]) == served.input_example[0]["k"]
 
 
 def test_model_is_code_plus_artifacts_not_a_pickle(saved_model: Path) -> None:
@@ -192,26 +192,64 @@ def test_clicked_items_inform_a_user_without_ratings(served: mlflow.pyfunc.PyFun
             {"attributes": {"shoe_size": 44}},
             "attributes.shoe_size: unknown user attribute (known: age, gender",
         ),
-        # the schema MLflow derives from the type hints, enforced by MLflow (pydantic, strict)
-        ({"user_id": None}, "\nuser_id\n  Field required"),
-        ({"ratings": None}, "\nratings\n  Field required"),
-        ({"ratings": [{"item_id": "1000"}]}, "\nratings.0.rating\n  Field required"),
+        ({"attributes": {"gender": "X"}}, "attributes.gender: unknown value 'X' (known: F, M)"),
         (
-            {"ratings": [{"item_id": 1000, "rating": 4.0}]},
-            "\nratings.0.item_id\n  Input should be a valid string",
+            {"attributes": {"occupation": "astronaut"}},
+            "attributes.occupation: unknown value 'astronaut' (known: artist, doctor, student)",
         ),
-        ({"k": "10"}, "\nk\n  Input should be a valid integer"),
+        ({"attributes": {"age": "old"}}, "attributes.age: expected a number (got 'old')"),
+        ({"attributes": {"gender": ["F"]}}, "attributes.gender: expected a string (got ['F'])"),
+        # the request model: strict types, no unknown fields
+        ({"user_id": None}, "request 0: user_id: required"),
+        ({"ratings": None}, "request 0: ratings: required"),
+        ({"ratings": [{"item_id": "1000"}]}, "request 0: ratings[0].rating: required"),
+        ({"ratings": [{"item_id": 1000, "rating": 4.0}]}, "ratings[0].item_id: expected a string (got 1000)"),
+        ({"ratings": [{"item_id": "1000", "rating": "4"}]}, "ratings[0].rating: expected a number (got '4')"),
+        ({"k": "ten"}, "request 0: k: expected an integer (got 'ten')"),
+        ({"k": 2.5}, "request 0: k: expected an integer (got 2.5)"),
+        ({"titles": "yes"}, "request 0: titles: expected true or false (got 'yes')"),
+        ({"candidates": "1000"}, "request 0: candidates: expected a list (got '1000')"),
+        ({"attributes": ["age"]}, "request 0: attributes: expected an object (got ['age'])"),
+        ({"canidates": ["1000"]}, "request 0: canidates: unknown field (known: user_id, ratings, attributes"),
+        (
+            {"ratings": [{"item_id": "1000", "rating": 4.0, "note": "x"}]},
+            "ratings[0].note: unknown field (known: item_id, rating)",
+        ),
     ],
 )
 def test_malformed_request_is_rejected_naming_the_field(
     served: mlflow.pyfunc.PyFuncModel, change: dict, error: str
 ) -> None:
     request = {k: v for k, v in {"user_id": "u", "ratings": A_USER[:2], **change}.items() if v is not None}
-    with pytest.raises(MlflowException) as info:
+    with pytest.raises(RequestError) as info:
         served.predict([request])
-    assert error in info.value.message.replace("\\n", "\n")  # MLflow quotes pydantic's message with repr()
+    assert error in info.value.message and "\n" not in info.value.message
     assert info.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
     assert info.value.get_http_status_code() == 400
+
+
+def test_a_request_may_ask_for_titles(served: mlflow.pyfunc.PyFuncModel) -> None:
+    request = {"user_id": "u", "ratings": A_USER, "k": 4}
+    [plain] = served.predict([request])
+    [titled] = served.predict([{**request, "titles": True}])
+    assert set(plain) == {"items", "scores"}
+    assert titled["items"] == plain["items"] and titled["scores"] == plain["scores"]
+    assert titled["titles"] == [title(int(i) - 1000) for i in titled["items"]]
+
+
+def test_titles_of_a_model_without_them_are_rejected(saved_model: Path, tmp_path: Path) -> None:
+    """A model registered before the vocab held titles still serves, and says why it has none."""
+    copy = tmp_path / "pyfunc"
+    shutil.copytree(saved_model, copy)
+    vocab_file = copy / "artifacts" / "vocab.json"
+    vocab = json.loads(vocab_file.read_text())
+    del vocab["item_titles"]
+    vocab_file.write_text(json.dumps(vocab))
+    old = mlflow.pyfunc.load_model(str(copy))
+    [answer] = old.predict([{"user_id": "u", "ratings": A_USER, "k": 2}])
+    assert len(answer["items"]) == 2
+    with pytest.raises(RequestError, match=r"request 0: titles: this model version has no item titles"):
+        old.predict([{"user_id": "u", "ratings": A_USER, "titles": True}])
 
 
 # -- fast: the stage's helpers --------------------------------------------------------------------------

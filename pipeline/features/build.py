@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.features.categorical import encode_items, encode_users
 from pipeline.features.encoder import encode_texts, model_identity
-from pipeline.features.store import FeatureSet, save_feature_set
+from pipeline.features.store import ITEM_TITLES, FeatureSet, save_feature_set
 from pipeline.features.tasks import index_ratings, make_tasks, unique_ids
 from pipeline.features.text import item_texts
 from pipeline.io import atomic_dir
@@ -25,6 +25,13 @@ def _ordered(frame: pd.DataFrame, column: str, ids: list[str]) -> pd.DataFrame:
     """Rows of ``frame`` in the order of ``ids``, with a fresh RangeIndex."""
     position = pd.Index(frame[column].astype(str)).get_indexer(ids)
     return frame.iloc[position].reset_index(drop=True)
+
+
+def item_titles(items: pd.DataFrame) -> list[str]:
+    """Each item's title ("" when missing, or without a ``title`` column), in row order."""
+    if "title" not in items.columns:
+        return [""] * len(items)
+    return items["title"].astype("string").fillna("").str.strip().tolist()
 
 
 def compute_features(
@@ -73,6 +80,7 @@ def compute_features(
         "multi_vocab": multi_vocab,
         "text_model": model_identity(fp.text_encoder),
         "text_template": fp.text_template,
+        ITEM_TITLES: item_titles(items),
         "rating_min": params.validation.rating_min,
         "rating_max": params.validation.rating_max,
     }

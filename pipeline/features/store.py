@@ -6,7 +6,8 @@ a bare GPU image. Layout of ``data/features/``:
 - ``arrays.npz``: ``user_cats`` int64 [U, Fu], ``item_cats`` int64 [I, Fi] (0 = unknown/missing),
   ``item_multi`` float32 [I, G] (multi-hot, e.g. genres), ``item_text`` float32 [I, D]
 - ``vocab.json``: ``user_ids``/``item_ids`` (index → id), field names, per-field vocabularies (code k ↔
-  ``vocab[field][k-1]``), ``multi_vocab``, ``text_model``, ``rating_min``/``rating_max``
+  ``vocab[field][k-1]``), ``multi_vocab``, ``text_model``, ``rating_min``/``rating_max``, ``item_titles``
+  (in ``item_ids`` order; what the served model answers when a request asks for titles)
 - ``ratings.parquet``: ``user_index`` int32, ``item_index`` int32, ``rating`` float32, ``timestamp`` int64
 - ``tasks.parquet``: ``user_index``, ``item_index``, ``rating``, ``is_query`` bool (seeded split: each
   user's query set is ``features.query_size`` random ratings, the support set the rest)
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ARRAYS = ("user_cats", "item_cats", "item_multi", "item_text")
+ITEM_TITLES = "item_titles"
 
 
 @dataclass(frozen=True)

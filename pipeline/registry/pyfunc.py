@@ -1,10 +1,14 @@
 """The served model: an MLflow pyfunc that adapts the meta-learner to each request's user, then ranks.
 
 A request carries a (possibly unknown, possibly brand-new) user's few ratings: they become the support
-set, the inner loop runs on them, and the adapted model scores the candidates (the query set). The
-``predict`` type hints are pydantic models, so MLflow derives the signature from them and validates every
-request against it; the rules the schema cannot express (known item ids, rating range, k > 0) are
-checked here and rejected as ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served), naming the field.
+set, the inner loop runs on them, and the adapted model scores the candidates (the query set).
+
+``predict`` takes plain dicts (``list[dict[str, Any]]``: MLflow checks only that) and validates each
+against the strict :class:`Request` itself, so that a bad request gets one short line naming the request
+and the field, e.g. ``request 0: k: expected an integer (got 'ten')``, instead of MLflow's quoted
+pydantic report: unknown fields, wrong types (no coercion: ``"5"`` is not a number, ``50`` not an item
+id), and the rules a schema cannot express (known item ids and attribute values, the rating range,
+k > 0). Every rejection is a :class:`RequestError`: HTTP 400 when served.
 
 The model's ``model_config`` may set ``compression`` (``register.compression``): the scorer then runs the
 candidate pass compressed (see :mod:`pipeline.registry.scorer`).
@@ -21,10 +25,12 @@ from typing import Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.features.categorical import encode_user
+from pipeline.features.store import ITEM_TITLES
 from pipeline.meta.learner import MetaLearner, resolve_device
 from pipeline.registry.scorer import Scorer
 
@@ -38,36 +44,60 @@ USER_CODES_CACHE = 4096
 """Distinct attribute sets whose codes are kept: encoding (pandas) costs about half of an adaptation."""
 
 
-class RatedItem(BaseModel):
+class _Strict(BaseModel):
+    """No coercion between types, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class RatedItem(_Strict):
     item_id: str
     rating: float
 
 
-class Request(BaseModel):
+class Request(_Strict):
     """One user: ``ratings`` (may be empty) form the support set; ``candidates`` default to unrated items.
 
     ``clicked``: items the user interacted with but did not rate; with the rated ones they form the user's
     text profile, so even a user with no ratings gets recommendations shaped by what they looked at.
+    ``attributes`` values are checked against the vocabulary (numbers for bucketed fields such as age).
+    ``titles``: answer the items' titles too.
     """
 
     user_id: str
     ratings: list[RatedItem]
-    attributes: dict[str, str | int] | None = None
+    attributes: dict[str, Any] | None = None
     clicked: list[str] | None = None
     candidates: list[str] | None = None
     k: int | None = None
-    """How many items to return (default ``DEFAULT_K``); optional in the derived signature too."""
+    """How many items to return (default ``DEFAULT_K``)."""
+    titles: bool = False
 
 
 class Response(BaseModel):
-    """The top ``k`` candidates, best first, with their predicted ratings.
+    """The top ``k`` candidates, best first, with their predicted ratings (and titles, when asked).
 
-    The output schema; ``predict`` answers plain dicts of this shape, which MLflow accepts for a pydantic
-    hint and which read like the served JSON.
+    The output schema; ``predict`` answers plain dicts of this shape, which read like the served JSON.
     """
 
     items: list[str]
     scores: list[float]
+    titles: list[str] | None = None
+
+
+class RequestError(MlflowException):
+    """A rejected request: HTTP 400 with ``message`` alone as the answer's message.
+
+    The scoring server prefixes an error's message with the whole request (``Failed to predict data
+    '...'``); the JSON it answers is built by :meth:`serialize_as_json`, which keeps the one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = message
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({"error_code": self.error_code, "message": self.reason})
 
 
 @dataclass(frozen=True)
@@ -80,10 +110,53 @@ class _Task:
     all_items: bool
     """The candidates are every unrated item: score all items in one pass, then drop the rated ones."""
     k: int
+    titles: bool
 
 
-def _invalid(position: int, field: str, rule: str) -> MlflowException:
-    return MlflowException.invalid_parameter_value(f"request {position}: {field}: {rule}")
+EXPECTED = {
+    "missing": "required",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+}
+"""What each pydantic error type of a strict request means, in the words of the answer."""
+SHOWN_CHARS = 40
+
+
+def _invalid(position: int, field: str, rule: str) -> RequestError:
+    return RequestError(f"request {position}: {field}: {rule}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as the request spells it: ``ratings[0].item_id``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def parse_request(position: int, raw: Any) -> Request:
+    """``raw`` as a :class:`Request`; a :class:`RequestError` naming the first problem otherwise."""
+    try:
+        return Request.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        fields = Request.model_fields if len(loc) == 1 else RatedItem.model_fields
+        rule = f"unknown field (known: {', '.join(fields)})"
+    elif error["type"] == "missing":
+        rule = EXPECTED["missing"]
+    else:
+        rule = f"{EXPECTED.get(error['type'], error['msg'])} (got {_shown(error['input'])})"
+    field = _field(loc)
+    raise RequestError(f"request {position}: {field}: {rule}" if field else f"request {position}: {rule}")
 
 
 class MetaRecModel(PythonModel):
@@ -98,16 +171,18 @@ class MetaRecModel(PythonModel):
         item_ids = [str(i) for i in self._vocab["item_ids"]]
         self._item_ids = np.asarray(item_ids, dtype=object)
         self._item_index = {item_id: index for index, item_id in enumerate(item_ids)}
+        titles = self._vocab.get(ITEM_TITLES)
+        self._titles = None if titles is None else np.asarray([str(t) for t in titles], dtype=object)
         self._rating_min = float(self._vocab["rating_min"])
         self._rating_max = float(self._vocab["rating_max"])
         self._user_codes = functools.lru_cache(maxsize=USER_CODES_CACHE)(self._encode_user)
         log.info("loaded meta-learner for %d items (compression: %s)", len(item_ids), compression)
 
     def predict(  # type: ignore[override]  # MLflow 3 accepts predict without ``context``
-        self, model_input: list[Request], params: dict[str, Any] | None = None
+        self, model_input: list[dict[str, Any]], params: dict[str, Any] | None = None
     ) -> list[Response]:
         """Check every request (a bad one rejects the batch), then adapt to each and rank its candidates."""
-        tasks = [self._task(position, request) for position, request in enumerate(model_input)]
+        tasks = [self._task(i, parse_request(i, raw)) for i, raw in enumerate(model_input)]
         ranked = []
         for task in tasks:
             query = None if task.all_items else task.query_items
@@ -128,6 +203,8 @@ class MetaRecModel(PythonModel):
         k = DEFAULT_K if request.k is None else request.k
         if k <= 0:
             raise _invalid(position, "k", f"must be > 0 (got {k})")
+        if request.titles and self._titles is None:
+            raise _invalid(position, "titles", "this model version has no item titles (registered without)")
         support_items = self._indices(position, "ratings", [r.item_id for r in request.ratings], ".item_id")
         support_ratings = np.asarray([r.rating for r in request.ratings], dtype=np.float32)
         lo, hi = self._rating_min, self._rating_max
@@ -145,23 +222,43 @@ class MetaRecModel(PythonModel):
         context_items = (
             None if request.clicked is None else self._indices(position, "clicked", request.clicked, "")
         )
-        attributes = request.attributes or {}
-        unknown = sorted(set(attributes) - set(self._vocab["user_fields"]))
-        if unknown:
-            known = ", ".join(self._vocab["user_fields"]) or "none"
-            raise _invalid(position, f"attributes.{unknown[0]}", f"unknown user attribute (known: {known})")
-        user_cats = self._user_codes(tuple(sorted(attributes.items())))
         return _Task(
-            user_cats,
+            self._user_cats(position, request.attributes or {}),
             support_items,
             support_ratings,
             query_items,
             context_items,
             request.candidates is None,
             k,
+            request.titles,
         )
 
-    def _encode_user(self, attributes: tuple[tuple[str, str | int], ...]) -> np.ndarray:
+    def _user_cats(self, position: int, attributes: dict[str, Any]) -> np.ndarray:
+        """The user's attribute codes; an unknown field, a value of the wrong kind or one the vocabulary
+        does not hold is rejected, naming the field (and the known values). A null value is missing."""
+        fields = self._vocab["user_fields"]
+        given = {}
+        for name, value in sorted(attributes.items()):
+            if name not in fields:
+                known = ", ".join(fields) or "none"
+                raise _invalid(position, f"attributes.{name}", f"unknown user attribute (known: {known})")
+            if value is None:
+                continue
+            binned = name in self._vocab["user_bins"]
+            kinds = (int, float) if binned else (str, int)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                kind = "a number" if binned else "a string"
+                raise _invalid(position, f"attributes.{name}", f"expected {kind} (got {_shown(value)})")
+            given[name] = value
+        codes = self._user_codes(tuple(given.items()))
+        for name in given:
+            if codes[fields.index(name)] == 0:
+                known = ", ".join(self._vocab["user_vocab"][name])
+                rule = f"unknown value {given[name]!r} (known: {known})"
+                raise _invalid(position, f"attributes.{name}", rule)
+        return codes
+
+    def _encode_user(self, attributes: tuple[tuple[str, str | int | float], ...]) -> np.ndarray:
         return encode_user(dict(attributes), self._vocab)
 
     def _indices(self, position: int, field: str, item_ids: list[str], suffix: str) -> np.ndarray:
@@ -183,4 +280,8 @@ class MetaRecModel(PythonModel):
         scores answered are predicted ratings, clipped to the rating range."""
         top = np.argsort(-raw, kind="stable")[: task.k]
         scores = np.clip(raw[top], self._rating_min, self._rating_max)
-        return {"items": self._item_ids[task.query_items[top]].tolist(), "scores": scores.tolist()}
+        chosen = task.query_items[top]
+        answer = {"items": self._item_ids[chosen].tolist(), "scores": scores.tolist()}
+        if task.titles and self._titles is not None:
+            answer["titles"] = self._titles[chosen].tolist()
+        return answer

@@ -84,7 +84,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 def tracking_uri(paths: Paths) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the project's sqlite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db.resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_uri
 
 
 def redact(uri: str) -> str:
