@@ -162,6 +162,9 @@ def stage_inputs(root: Path, learner: MetaLearner, fs: FeatureSet) -> Paths:
     paths.shots_metrics.write_text(json.dumps({"scenario": "new_user", "metric": "mae", "models": {}}))
     paths.evaluation_report.mkdir(parents=True)
     (paths.evaluation_report / "report.md").write_text("# Evaluation\n")
+    paths.source.mkdir(parents=True)
+    manifest = {"files": {}, "layout": "synthetic", "source": "synthetic"}
+    (paths.source / "manifest.json").write_text(json.dumps(manifest) + "\n")
     (root / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  ingest:\n    cmd: metarec ingest\n    outs:\n"
         "    - path: data/ingested\n      hash: md5\n      md5: 0f1e2d3c4b5a69788796a5b4c3d2e1f0.dir\n"

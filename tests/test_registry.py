@@ -6,6 +6,7 @@ learner on planted tastes, register it several times and load it back by alias.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -550,6 +551,7 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
     lineage = {
         "git_commit": head.stdout.strip(),
         "dataset_hash": "0f1e2d3c4b5a69788796a5b4c3d2e1f0.dir",
+        "source_sha256": hashlib.sha256((paths.source / "manifest.json").read_bytes()).hexdigest(),
         "params_hash": params.digest(),
     }
     assert {k: run.data.tags[k] for k in lineage} == lineage
