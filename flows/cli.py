@@ -176,10 +176,12 @@ def _drop_prefect_errors(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR and not failed
 
 
-def _quiet_prefect(debug: bool) -> None:
-    """Unless ``--debug``, keep the Prefect engine's error records (tracebacks) off the console: a failed run
-    prints one summary, and the Prefect API still records the tracebacks with the run."""
+def _flow_output(debug: bool) -> None:
+    """With ``--debug`` the stages a flow runs show their tracebacks too; without, the Prefect engine's error
+    records (tracebacks) stay off the console: a failed run prints one summary, and the Prefect API still
+    records the tracebacks with the run."""
     if debug:
+        os.environ[DEBUG_ENV] = "1"
         return
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
@@ -195,7 +197,7 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: Deb
     """The whole retraining flow (Prefect): ingest → validate → features → train → evaluate → register."""
 
     def body(p: Params, paths: Paths) -> dict[str, Any]:
-        _quiet_prefect(debug)
+        _flow_output(debug)
         from flows.retrain import retrain
 
         return retrain(params_file=str(params), overrides=list(set_ or []), root=str(paths.root))
@@ -306,7 +308,7 @@ def feedback_add(
     """Validate FILE, store it as a DVC-tracked feedback batch, retrain once enough ratings arrived."""
 
     def body(p: Params, paths: Paths) -> dict[str, Any]:
-        _quiet_prefect(debug)
+        _flow_output(debug)
         from flows.feedback import feedback
 
         overrides = list(set_ or [])
