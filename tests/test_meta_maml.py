@@ -316,6 +316,11 @@ def test_empty_shard_gives_zero_gradient() -> None:
     empty = TaskBatch(*(getattr(batch, f)[:0] for f in TaskBatch.__dataclass_fields__))
     grads, loss, mae = obj.gradient(empty, 5, "vmap")
     assert all(g.abs().sum() == 0 for g in grads) and loss == 0 and mae == 0
+    static = pad_batch(empty, 3, 12, 6)  # what the CUDA graph replays for an empty shard
+    out = obj.vmap(static, torch.tensor(5.0, dtype=torch.float64))
+    params = list(obj.meta_parameters().values())
+    grads = torch.autograd.grad(out.objective, params, materialize_grads=True)
+    assert all(g.abs().sum() == 0 for g in grads) and out.loss_sum == 0 and out.mae_sum == 0
 
 
 def test_unknown_items_use_the_unknown_id_row() -> None:

@@ -100,6 +100,20 @@ def test_two_gloo_processes_equal_one_process(fs_dir, reference, tmp_path) -> No
 
 
 @pytest.mark.slow
+def test_two_gloo_processes_train_through_an_empty_shard(tmp_path) -> None:
+    """25 users, meta-batch 8: every epoch's last batch holds 1 task, so rank 1's shard is empty."""
+    fs = synthetic_feature_set(n_users=25, n_items=25, seed=5)
+    save_feature_set(fs, tmp_path / "features")
+    single = MetaLearner.create(CONFIG, fs, seed=SEED)
+    history = single.fit(fs, progress=False)
+    result = train_distributed(tmp_path / "features", CONFIG, tmp_path / "model", nproc=2, seed=SEED)
+    assert_same_weights(MetaLearner.load(tmp_path / "model").tensors(), single.tensors(), atol=1e-6)
+    assert np.allclose(
+        [h["train_loss"] for h in result["history"]], [h["train_loss"] for h in history], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
 def test_two_nodes_through_a_c10d_rendezvous_equal_one_process(fs_dir, reference, tmp_path) -> None:
     """The multi-node launch: two torchrun launchers (one process each) meet at a c10d rendezvous on
     127.0.0.1, as two machines would; the node that gets rank 0 writes the model of one process."""
