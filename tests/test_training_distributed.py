@@ -17,7 +17,7 @@ from pipeline.features.store import save_feature_set
 from pipeline.meta.learner import MetaLearner
 from pipeline.training import checkpoint
 from pipeline.training.launch import TrainingFailed, train_distributed
-from pipeline.training.train import CRASH_STEP_ENV, fingerprint, run
+from pipeline.training.train import CRASH_MODE_ENV, CRASH_RANK_ENV, CRASH_STEP_ENV, fingerprint, run
 from tests.meta_fixtures import CHECKPOINTED_CONFIG as CONFIG
 from tests.meta_fixtures import synthetic_feature_set
 
@@ -166,6 +166,26 @@ def test_failed_worker_log_tail_is_in_the_error(tmp_path) -> None:
     message = str(info.value)
     assert "failing worker" in message and "no-features" in message and "Traceback" in message
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [("raise", "RuntimeError: fault injection: rank 1 raises at meta-step 2"), ("exit", "exit code 1")],
+)
+def test_the_error_shown_is_the_failing_ranks(fs_dir, tmp_path, monkeypatch, mode: str, error: str) -> None:
+    """Rank 1 fails; rank 0 then loses its peer in the all-reduce (or is stopped by torchrun): the
+    report names rank 1's error and shows its log, not the healthy rank's."""
+    monkeypatch.setenv(CRASH_STEP_ENV, "2")
+    monkeypatch.setenv(CRASH_RANK_ENV, "1")
+    monkeypatch.setenv(CRASH_MODE_ENV, mode)
+    with pytest.raises(TrainingFailed) as info:
+        train_distributed(fs_dir, CONFIG, tmp_path / "model", nproc=2, seed=SEED)
+    report = str(info.value).split("\n", 1)[1]
+    assert report.startswith(
+        f"failing worker, local rank 1: {error}\n--- stderr.log of the failing worker, local rank 1"
+    )
+    assert "[rank0]" not in report and "closed by peer" not in report
 
 
 def test_in_process_run_equals_fit(fs_dir, reference, tmp_path) -> None:
