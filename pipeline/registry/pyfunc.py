@@ -5,6 +5,9 @@ set, the inner loop runs on them, and the adapted model scores the candidates (t
 ``predict`` type hints are pydantic models, so MLflow derives the signature from them and validates every
 request against it; the rules the schema cannot express (known item ids, rating range, k > 0) are
 checked here and rejected as ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served), naming the field.
+A NaN or infinite score is never answered: the request fails with ``INTERNAL_ERROR`` (HTTP 500), not a
+fallback ranking, so a broken model shows in the server's error rate instead of serving silently
+wrong results (the client keeps its own fallback, e.g. popularity).
 
 The model's ``model_config`` may set ``compression`` (``register.compression``): the scorer then runs the
 candidate pass compressed (see :mod:`pipeline.registry.scorer`).
@@ -21,12 +24,13 @@ from typing import Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from pydantic import BaseModel
 
 from pipeline.features.categorical import encode_user
 from pipeline.meta.learner import MetaLearner, resolve_device
-from pipeline.registry.scorer import Scorer
+from pipeline.registry.scorer import NonFiniteScores, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +113,20 @@ class MetaRecModel(PythonModel):
         """Check every request (a bad one rejects the batch), then adapt to each and rank its candidates."""
         tasks = [self._task(position, request) for position, request in enumerate(model_input)]
         ranked = []
-        for task in tasks:
+        for position, task in enumerate(tasks):
             query = None if task.all_items else task.query_items
-            raw = self._scorer.scores(
-                task.user_cats,
-                task.support_items,
-                task.support_ratings,
-                query,
-                clip=False,
-                context_items=task.context_items,
-            )
+            try:
+                raw = self._scorer.scores(
+                    task.user_cats,
+                    task.support_items,
+                    task.support_ratings,
+                    query,
+                    clip=False,
+                    context_items=task.context_items,
+                )
+            except NonFiniteScores as exc:
+                log.error("request %d: %s", position, exc)
+                raise MlflowException(f"request {position}: {exc}", error_code=INTERNAL_ERROR) from None
             if task.all_items:
                 raw = raw[task.query_items]
             ranked.append(self._rank(task, np.asarray(raw, np.float64)))
