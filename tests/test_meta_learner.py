@@ -296,11 +296,13 @@ def test_save_load_round_trip_gives_identical_predictions(fitted, fs, tmp_path) 
     assert all(torch.equal(v, loaded.tensors()[k]) for k, v in fitted.tensors().items())
     assert any(k.startswith("lr.") for k in loaded.tensors())
     fitted.save(folder)  # replacing an existing model works
-    # a model saved before support_shrinkage existed keeps the plain mean support loss it was trained with
+    # a model saved before support_shrinkage / inner_grad_clip existed adapts as it was trained: without
     config = json.loads((folder / "config.json").read_text())
     assert config["train"].pop("support_shrinkage") == fitted.config.support_shrinkage == 10.0
+    assert config["train"].pop("inner_grad_clip") == fitted.config.inner_grad_clip == 10.0
     (folder / "config.json").write_text(json.dumps(config))
-    assert MetaLearner.load(folder).config.support_shrinkage == 0.0
+    old = MetaLearner.load(folder).config
+    assert old.support_shrinkage == 0.0 and old.inner_grad_clip == 0.0
     with pytest.raises(FileNotFoundError, match=r"weights\.safetensors"):
         MetaLearner.load(tmp_path / "nowhere")
 

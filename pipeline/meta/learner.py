@@ -220,8 +220,8 @@ class MetaLearner:
                     raise TrainingDiverged(
                         f"training diverged at meta-step {state.step + 1} of {total} (epoch "
                         f"{state.epoch + 1} of {self.config.epochs}, batch {state.batch + 1} of "
-                        f"{sampler.n_batches}): {exc}; no model is written. Lower train.inner_lr or "
-                        'train.outer_lr (docs/training.md, "Divergence")'
+                        f"{sampler.n_batches}): {exc}; no model is written. Lower train.inner_lr, "
+                        'train.inner_grad_clip or train.outer_lr (docs/training.md, "Divergence")'
                     ) from None
                 loss_acc += loss_sum
                 mae_acc += mae_sum
@@ -472,8 +472,8 @@ class MetaLearner:
         meta = json.loads((folder / CONFIG).read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        # models saved before support_shrinkage existed adapted with the plain mean support loss
-        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, **meta["train"]})
+        # models saved before support_shrinkage / inner_grad_clip existed adapted without them
+        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, "inner_grad_clip": 0.0, **meta["train"]})
         dims = ModelDims.from_dict(meta["dims"])
         model = build_model(dims, cfg)
         learner = cls(

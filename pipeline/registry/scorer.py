@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.meta.learner import MetaLearner
-from pipeline.meta.maml import lr_key
+from pipeline.meta.maml import clip_scale, lr_key
 from pipeline.meta.model import DECISION_PREFIX
 
 Compression = Literal["none", "int8"]
@@ -168,7 +168,8 @@ class Scorer:
 
     def _adapt(self, user: Tensor, support_items: np.ndarray, ratings: np.ndarray) -> Layers:
         """``inner_steps`` SGD steps of the support loss over the decision MLP (none without support): the
-        squared error summed over the n support rows, divided by ``n + support_shrinkage``.
+        squared error summed over the n support rows, divided by ``n + support_shrinkage``, each step's
+        gradient clipped to norm ``inner_grad_clip``.
 
         The gradient of this small ReLU MLP is written out (backpropagation by hand): on a few support
         rows autograd's bookkeeping would cost more than the arithmetic.
@@ -194,8 +195,9 @@ class Scorer:
                 else:
                     grad = grad @ layers[n][0]
                 grads.insert(0, (weight_grad, bias_grad))
+            scale = clip_scale([g for pair in grads for g in pair], self.learner.config.inner_grad_clip)
             layers = [
-                (w - rw * gw, b - rb * gb)
+                (w - rw * (scale * gw), b - rb * (scale * gb))
                 for (w, b), (rw, rb), (gw, gb) in zip(layers, self._rates, grads, strict=True)
             ]
         return layers
