@@ -115,6 +115,9 @@ class TrainParams(_Section):
     item_prior: Annotated[float, Field(ge=0)] = 10.0
     # inner-loop loss = squared error summed over the n support ratings / (n + support_shrinkage)
     support_shrinkage: Annotated[float, Field(ge=0)] = 10.0
+    # each inner SGD step's gradient (per task, over the adapted parameters) is clipped to this norm
+    # (0: off); without it MAML on MovieLens-1M diverged to NaN (docs/training.md, "Divergence")
+    inner_grad_clip: Annotated[float, Field(ge=0)] = 10.0
     # machines in one training run; > 1: every node runs the train stage with the same rendezvous endpoint
     nnodes: PositiveInt = 1
     rdzv_endpoint: str = ""

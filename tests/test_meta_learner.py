@@ -6,6 +6,9 @@ import copy
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import torch
 
 from pipeline.meta.batching import TaskSampler, TaskSet
 from pipeline.meta.config import TrainConfig
-from pipeline.meta.learner import MetaLearner, item_priors
+from pipeline.meta.learner import MetaLearner, TrainState, item_priors
 from pipeline.params import TrainParams
 from tests.meta_fixtures import synthetic_feature_set
 
@@ -165,6 +168,53 @@ def test_fit_is_seeded_and_learns(fs) -> None:
     assert h1[-1]["train_loss"] < h1[0]["train_loss"]
 
 
+class ThreadSum:
+    """An all-reduce (sum, in rank order) between ranks that train in threads of one process."""
+
+    def __init__(self, world_size: int) -> None:
+        self.barrier = threading.Barrier(world_size, timeout=60)  # a failed rank breaks it
+        self.parts: list[torch.Tensor] = [torch.zeros(0)] * world_size
+
+    def reducer(self, rank: int) -> Callable[[torch.Tensor], None]:
+        def reduce(flat: torch.Tensor) -> None:
+            self.parts[rank] = flat.clone()
+            self.barrier.wait()
+            total = sum(self.parts[1:], self.parts[0])
+            self.barrier.wait()
+            flat.copy_(total)
+
+        return reduce
+
+
+@pytest.mark.parametrize("n_users", range(16, 24))
+def test_sharded_training_equals_one_process_for_every_remainder(fs, n_users: int) -> None:
+    """meta_batch 4 on 2 ranks: user counts 16..23 leave every remainder mod 8; with 17 and 21 the last
+    batch holds 1 task and rank 1's shard is empty, yet it joins every all-reduce with zero sums."""
+    config, users = {**SMALL, "meta_batch": 4, "epochs": 2}, np.arange(n_users)
+    single = MetaLearner.create(config, fs, seed=2)
+    expected = single.train(single.sampler(fs, users), TrainState(), progress=False)
+    learners = [MetaLearner.create(config, fs, seed=2) for _ in range(2)]
+    samplers = [learner.sampler(fs, users) for learner in learners]
+    last = samplers[1].n_batches - 1
+    assert (samplers[1].batch(0, last, 1, 2)[0].n_tasks == 0) == (n_users % 4 == 1)
+    reduce = ThreadSum(2)
+
+    def train(rank: int) -> TrainState:
+        return learners[rank].train(
+            samplers[rank], TrainState(), rank=rank, world_size=2, reduce=reduce.reducer(rank), progress=False
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        states = list(pool.map(train, range(2)))
+    for state, learner in zip(states, learners, strict=True):
+        assert state.step == expected.step == 2 * samplers[0].n_batches
+        for key in ("train_loss", "query_mae"):
+            got, want = [h[key] for h in state.history], [h[key] for h in expected.history]
+            assert np.allclose(got, want, rtol=1e-6), key
+        theirs, ours = learner.tensors(), single.tensors()
+        assert all(torch.allclose(theirs[k], ours[k], rtol=0, atol=1e-6) for k in ours)
+
+
 def test_fit_restricts_to_users_and_sets_offset_and_seen_items(fs) -> None:
     users = np.arange(10)
     learner = MetaLearner.create({**SMALL, "epochs": 1}, fs, seed=0)
@@ -246,11 +296,13 @@ def test_save_load_round_trip_gives_identical_predictions(fitted, fs, tmp_path) 
     assert all(torch.equal(v, loaded.tensors()[k]) for k, v in fitted.tensors().items())
     assert any(k.startswith("lr.") for k in loaded.tensors())
     fitted.save(folder)  # replacing an existing model works
-    # a model saved before support_shrinkage existed keeps the plain mean support loss it was trained with
+    # a model saved before support_shrinkage / inner_grad_clip existed adapts as it was trained: without
     config = json.loads((folder / "config.json").read_text())
     assert config["train"].pop("support_shrinkage") == fitted.config.support_shrinkage == 10.0
+    assert config["train"].pop("inner_grad_clip") == fitted.config.inner_grad_clip == 10.0
     (folder / "config.json").write_text(json.dumps(config))
-    assert MetaLearner.load(folder).config.support_shrinkage == 0.0
+    old = MetaLearner.load(folder).config
+    assert old.support_shrinkage == 0.0 and old.inner_grad_clip == 0.0
     with pytest.raises(FileNotFoundError, match=r"weights\.safetensors"):
         MetaLearner.load(tmp_path / "nowhere")
 

@@ -17,6 +17,7 @@ from pipeline.meta.config import TrainConfig
 from pipeline.meta.maml import (
     GraphedMetaGradient,
     MetaObjective,
+    clip_scale,
     make_inner_lrs,
     masked_bce,
     masked_mae,
@@ -78,6 +79,7 @@ def objective(
     model: MeLU | None = None,
     objective: str = "regression",
     support_shrinkage: float = 3.0,
+    inner_grad_clip: float = 10.0,
 ) -> MetaObjective:
     config = TrainConfig(
         algorithm=algorithm,
@@ -86,6 +88,7 @@ def objective(
         inner_lr=0.3,
         objective=objective,
         support_shrinkage=support_shrinkage,
+        inner_grad_clip=inner_grad_clip,
     )
     model = model if model is not None else make_model()
     lrs = make_inner_lrs(model, config)
@@ -184,6 +187,40 @@ def test_vmap_meta_gradient_equals_loop(algorithm: str, adapt: str) -> None:
     if algorithm == "metasgd":
         assert any(n.startswith("lr.") for n in names)
         assert all(g.abs().max() > 0 for n, g in zip(names, g_loop, strict=True) if n.startswith("lr."))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_clipped_inner_steps_vmap_equals_loop(algorithm: str) -> None:
+    """With a clip below the tasks' inner gradient norms, every step is clipped, the same in both."""
+    obj = objective(algorithm, "decision", inner_grad_clip=0.05)
+    batch = ragged_batch()
+    names = list(obj.meta_parameters())
+    g_loop, loss_loop, _ = obj.gradient(batch, 7, "loop")
+    g_vmap, loss_vmap, _ = obj.gradient(batch, 7, "vmap")
+    assert_grads_close(g_vmap, g_loop, names, rtol=1e-6)
+    assert torch.allclose(loss_vmap, loss_loop, rtol=1e-10)
+    unclipped = objective(algorithm, "decision", inner_grad_clip=0.0).gradient(batch, 7, "vmap")[1]
+    assert not torch.allclose(loss_vmap, unclipped)
+
+
+def test_clip_scale_by_hand() -> None:
+    grads = [torch.tensor([3.0, 0.0], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64)]
+    assert clip_scale(grads, 10.0).item() == 1.0  # norm 5: below the clip, unchanged
+    assert clip_scale(grads, 1.0).item() == pytest.approx(0.2, rel=1e-12)
+    assert clip_scale(grads, 0.0) == 1.0  # off
+    zero = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(clip_scale([zero], 1.0) * zero.sum(), zero)
+    assert torch.isfinite(grad).all()  # no square root at 0: finite second-order terms
+
+
+def test_clipping_keeps_a_huge_inner_step_finite() -> None:
+    """An inner lr that makes plain MAML blow up leaves the clipped one finite."""
+    batch = ragged_batch()
+    clipped, plain = (objective("maml", "decision", inner_steps=5, inner_grad_clip=c) for c in (1.0, 0.0))
+    clipped.inner_lr = plain.inner_lr = 1e3
+    loss_clipped, loss_plain = (o.gradient(batch, 5, "vmap")[1].item() for o in (clipped, plain))
+    # clipped: 5 steps of at most 1e3 x 1 move the weights a bounded way; plain overflows float32
+    assert loss_clipped < 1e8 and loss_plain > 1e80
 
 
 def test_second_order_terms_are_present() -> None:
@@ -316,6 +353,11 @@ def test_empty_shard_gives_zero_gradient() -> None:
     empty = TaskBatch(*(getattr(batch, f)[:0] for f in TaskBatch.__dataclass_fields__))
     grads, loss, mae = obj.gradient(empty, 5, "vmap")
     assert all(g.abs().sum() == 0 for g in grads) and loss == 0 and mae == 0
+    static = pad_batch(empty, 3, 12, 6)  # what the CUDA graph replays for an empty shard
+    out = obj.vmap(static, torch.tensor(5.0, dtype=torch.float64))
+    params = list(obj.meta_parameters().values())
+    grads = torch.autograd.grad(out.objective, params, materialize_grads=True)
+    assert all(g.abs().sum() == 0 for g in grads) and out.loss_sum == 0 and out.mae_sum == 0
 
 
 def test_unknown_items_use_the_unknown_id_row() -> None:

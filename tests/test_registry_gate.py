@@ -46,6 +46,7 @@ def test_evidence_reads_users_from_an_older_cv_json() -> None:
         (lambda cv: cv.pop("per_fold"), r"per_fold.new_user.meta.mae is missing"),
         (lambda cv: cv["scenarios"]["new_user"].pop("meta"), r"scenarios.new_user.meta.mae.mean .* missing"),
         (lambda cv: cv["scenarios"]["new_user"]["meta"]["mae"].update(mean=float("nan")), r"is NaN"),
+        (lambda cv: cv["scenarios"]["new_user"]["meta"]["mae"].update(mean=float("inf")), r"or infinite"),
         (lambda cv: cv["per_fold"]["new_user"]["meta"].update(mae=[]), r"is empty"),
         (lambda cv: cv["per_fold"]["new_user"]["meta"].update(mae=["x"]), r"not numeric"),
         (lambda cv: cv.update(per_user={"new_user": {"meta": {"mae": [0.5]}}}), r"must map user id to value"),
@@ -91,6 +92,26 @@ def test_first_version_becomes_champion() -> None:
         None,
         None,
     )
+
+
+@pytest.mark.parametrize(
+    "challenger",
+    [
+        _evidence(math.nan, (0.5, 0.5)),
+        _evidence(0.5, (0.5, math.inf)),
+        _evidence(0.5, ()),
+        _evidence(0.5, (0.5, 0.5), users={"1": 0.4, "2": math.nan}),
+    ],
+    ids=["nan-mean", "infinite-fold", "no-folds", "nan-user"],
+)
+@pytest.mark.parametrize("champion", [None, 4], ids=["first-version", "against-a-champion"])
+def test_a_missing_or_non_finite_challenger_metric_is_never_promoted(
+    challenger: Evidence, champion: int | None
+) -> None:
+    old = _evidence(0.9, (0.9, 0.9), users={"1": 0.9, "2": 0.9}) if champion is not None else None
+    got = decide(challenger, old, champion, METRIC, 0.0, 0.05)
+    assert got.alias == "challenger"
+    assert got.reason.startswith(f"not promoted: the challenger's {METRIC} is missing or not finite")
 
 
 def test_champion_without_readable_evaluation_is_not_replaced() -> None:

@@ -53,8 +53,9 @@ TASKS = [
         {"algorithm": "metasgd"},
         {"adapt": "all"},
         {"hidden": [16], "inner_steps": 0},
+        {"inner_grad_clip": 0.01},
     ],
-    ids=["maml", "fomaml", "metasgd", "adapt-all", "one-layer-no-steps"],
+    ids=["maml", "fomaml", "metasgd", "adapt-all", "one-layer-no-steps", "clipped-inner-steps"],
 )
 def test_float_scores_equal_the_learners_adaptation(fs: FeatureSet, changes: dict) -> None:
     learner = _learner(fs, **changes)

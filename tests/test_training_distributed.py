@@ -17,7 +17,7 @@ from pipeline.features.store import save_feature_set
 from pipeline.meta.learner import MetaLearner
 from pipeline.training import checkpoint
 from pipeline.training.launch import TrainingFailed, train_distributed
-from pipeline.training.train import CRASH_STEP_ENV, fingerprint, run
+from pipeline.training.train import CRASH_MODE_ENV, CRASH_RANK_ENV, CRASH_STEP_ENV, fingerprint, run
 from tests.meta_fixtures import CHECKPOINTED_CONFIG as CONFIG
 from tests.meta_fixtures import synthetic_feature_set
 
@@ -100,6 +100,20 @@ def test_two_gloo_processes_equal_one_process(fs_dir, reference, tmp_path) -> No
 
 
 @pytest.mark.slow
+def test_two_gloo_processes_train_through_an_empty_shard(tmp_path) -> None:
+    """25 users, meta-batch 8: every epoch's last batch holds 1 task, so rank 1's shard is empty."""
+    fs = synthetic_feature_set(n_users=25, n_items=25, seed=5)
+    save_feature_set(fs, tmp_path / "features")
+    single = MetaLearner.create(CONFIG, fs, seed=SEED)
+    history = single.fit(fs, progress=False)
+    result = train_distributed(tmp_path / "features", CONFIG, tmp_path / "model", nproc=2, seed=SEED)
+    assert_same_weights(MetaLearner.load(tmp_path / "model").tensors(), single.tensors(), atol=1e-6)
+    assert np.allclose(
+        [h["train_loss"] for h in result["history"]], [h["train_loss"] for h in history], rtol=1e-6
+    )
+
+
+@pytest.mark.slow
 def test_two_nodes_through_a_c10d_rendezvous_equal_one_process(fs_dir, reference, tmp_path) -> None:
     """The multi-node launch: two torchrun launchers (one process each) meet at a c10d rendezvous on
     127.0.0.1, as two machines would; the node that gets rank 0 writes the model of one process."""
@@ -166,6 +180,26 @@ def test_failed_worker_log_tail_is_in_the_error(tmp_path) -> None:
     message = str(info.value)
     assert "failing worker" in message and "no-features" in message and "Traceback" in message
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [("raise", "RuntimeError: fault injection: rank 1 raises at meta-step 2"), ("exit", "exit code 1")],
+)
+def test_the_error_shown_is_the_failing_ranks(fs_dir, tmp_path, monkeypatch, mode: str, error: str) -> None:
+    """Rank 1 fails; rank 0 then loses its peer in the all-reduce (or is stopped by torchrun): the
+    report names rank 1's error and shows its log, not the healthy rank's."""
+    monkeypatch.setenv(CRASH_STEP_ENV, "2")
+    monkeypatch.setenv(CRASH_RANK_ENV, "1")
+    monkeypatch.setenv(CRASH_MODE_ENV, mode)
+    with pytest.raises(TrainingFailed) as info:
+        train_distributed(fs_dir, CONFIG, tmp_path / "model", nproc=2, seed=SEED)
+    report = str(info.value).split("\n", 1)[1]
+    assert report.startswith(
+        f"failing worker, local rank 1: {error}\n--- stderr.log of the failing worker, local rank 1"
+    )
+    assert "[rank0]" not in report and "closed by peer" not in report
 
 
 def test_in_process_run_equals_fit(fs_dir, reference, tmp_path) -> None:

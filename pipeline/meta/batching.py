@@ -54,10 +54,13 @@ def pad_tasks(
 ) -> TaskBatch:
     """Pad ragged per-task arrays into a :class:`TaskBatch` (at least 1 column, or exactly ``shape``).
 
-    ``*_ids`` are the rows of the item-id table (default: the items themselves); query ratings default to
-    zeros (scoring only).
+    ``user_cats`` is [n_tasks, n_fields]; ``*_ids`` are the rows of the item-id table (default: the items
+    themselves); query ratings default to zeros (scoring only). No task at all gives a batch of 0 rows.
     """
     n = len(support_items)
+    cats = np.asarray(user_cats, np.int64)
+    if cats.ndim != 2 or cats.shape[0] != n:
+        raise ValueError(f"user_cats: expected shape [{n}, n_fields], got {list(cats.shape)}")
     if shape is None:
         s = max([1, *(len(a) for a in support_items)])
         q = max([1, *(len(a) for a in query_items)])
@@ -66,7 +69,7 @@ def pad_tasks(
     zeros = [np.zeros(len(a), np.float32) for a in query_items]
     sup = _pad(support_items, support_ratings, support_ids, n, s)
     qry = _pad(query_items, query_ratings if query_ratings is not None else zeros, query_ids, n, q)
-    return TaskBatch(torch.tensor(np.asarray(user_cats, np.int64).reshape(n, -1)), *sup, *qry)
+    return TaskBatch(torch.tensor(cats), *sup, *qry)
 
 
 def _pad(
@@ -214,15 +217,17 @@ class TaskSampler:
         """The shard of ``rank`` of global batch ``index`` and the global number of tasks in it.
 
         Every task of the global batch is drawn (from one generator, in batch order) before sharding.
-        Each item's id is replaced by the unknown item with probability ``item_dropout`` (its content
-        features stay), so the unknown row learns to stand for items never seen in training.
+        A shard may be empty (a last batch with fewer tasks than ranks): 0 tasks, which still take part
+        in the step's all-reduce with zero gradient and zero sums. Each item's id is replaced by the
+        unknown item with probability ``item_dropout`` (its content features stay), so the unknown row
+        learns to stand for items never seen in training.
         """
         tasks = self.batch_tasks(epoch, index)
         rng = np.random.default_rng([self.seed, epoch, index, 1])
         drawn = [self._draw(int(t), rng) for t in tasks]
         mine = drawn[rank::world_size]
         batch = pad_tasks(
-            self.taskset.user_cats[tasks[rank::world_size]].reshape(len(mine), -1),
+            self.taskset.user_cats[tasks[rank::world_size]],
             [d[0] for d in mine],
             [d[1] for d in mine],
             [d[3] for d in mine],

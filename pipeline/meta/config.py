@@ -51,6 +51,7 @@ class TrainConfig:
     user_profile: bool = True
     item_prior: float = 10.0
     support_shrinkage: float = 10.0
+    inner_grad_clip: float = 10.0
     text_projection: str = "trained"
     nnodes: int = 1
     rdzv_endpoint: str = ""
@@ -82,6 +83,7 @@ class TrainConfig:
             "objective": self.objective in OBJECTIVES,
             "item_prior": self.item_prior >= 0,
             "support_shrinkage": self.support_shrinkage >= 0,
+            "inner_grad_clip": self.inner_grad_clip >= 0,
             "text_projection": self.text_projection in TEXT_PROJECTIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -102,6 +102,11 @@ class TrainState:
 GradReducer = Callable[[Tensor], None]
 
 
+class TrainingDiverged(RuntimeError):
+    """A meta-step's query loss or meta-gradient is not finite; raised on every rank alike (the check runs
+    after the all-reduce), before the step is applied, so no non-finite weight is ever kept or saved."""
+
+
 class MetaLearner:
     """A MeLU-style model with its meta-training algorithm (MAML, first-order MAML or Meta-SGD)."""
 
@@ -195,7 +200,9 @@ class MetaLearner:
     ) -> TrainState:
         """Run the meta-steps left after ``state``; this rank takes tasks ``rank::world_size`` of each batch.
 
-        ``reduce`` sums a flat tensor over ranks in place (None: single process). ``on_checkpoint``
+        Raises :class:`TrainingDiverged` (naming the meta-step and epoch) at the first meta-step whose
+        loss or meta-gradient is not finite. ``reduce`` sums a flat tensor over ranks in place (None:
+        single process). ``on_checkpoint``
         receives the full state every ``checkpoint_every`` meta-steps, ``on_step`` the step count after
         every meta-step; the running sums are read back from the device only for those two and at epoch end.
         """
@@ -207,7 +214,15 @@ class MetaLearner:
             while state.batch < sampler.n_batches:
                 self._schedule(state.step, total)
                 batch, n_global = sampler.batch(state.epoch, state.batch, rank, world_size)
-                loss_sum, mae_sum = self.train_step(batch, n_global, reduce, world_size)
+                try:
+                    loss_sum, mae_sum = self.train_step(batch, n_global, reduce, world_size)
+                except TrainingDiverged as exc:
+                    raise TrainingDiverged(
+                        f"training diverged at meta-step {state.step + 1} of {total} (epoch "
+                        f"{state.epoch + 1} of {self.config.epochs}, batch {state.batch + 1} of "
+                        f"{sampler.n_batches}): {exc}; no model is written. Lower train.inner_lr, "
+                        'train.inner_grad_clip or train.outer_lr (docs/training.md, "Divergence")'
+                    ) from None
                 loss_acc += loss_sum
                 mae_acc += mae_sum
                 state.batch += 1
@@ -245,16 +260,25 @@ class MetaLearner:
     def train_step(
         self, batch: TaskBatch, n_global: int, reduce: GradReducer | None = None, world_size: int = 1
     ) -> tuple[Tensor, Tensor]:
-        """One meta-step on this rank's tasks; returns the (reduced) summed query loss and MAE."""
+        """One meta-step on this rank's tasks; returns the (reduced) summed query loss and MAE.
+
+        A non-finite loss, MAE or gradient raises :class:`TrainingDiverged` before the step is applied
+        (one host sync per meta-step).
+        """
         dtype = next(self.model.parameters()).dtype
         batch = batch.to(self.device, dtype)
         grads, loss_sum, mae_sum = self._gradient(batch, n_global, world_size)
         params = list(self.objective.meta_parameters().values())
+        flat = torch.cat([*(g.reshape(-1) for g in grads), loss_sum.reshape(1), mae_sum.reshape(1)])
         if reduce is not None:
-            flat = torch.cat([*(g.reshape(-1) for g in grads), loss_sum.reshape(1), mae_sum.reshape(1)])
             reduce(flat)
-            grads = list(torch.split(flat[:-2], [p.numel() for p in params]))
-            loss_sum, mae_sum = flat[-2], flat[-1]
+        if not bool(torch.isfinite(flat).all()):
+            raise TrainingDiverged(
+                f"query loss sum {flat[-2].item():.4g}, MAE sum {flat[-1].item():.4g}, "
+                f"{int((~torch.isfinite(flat[:-2])).sum())} non-finite meta-gradient entries"
+            )
+        grads = list(torch.split(flat[:-2], [p.numel() for p in params]))
+        loss_sum, mae_sum = flat[-2], flat[-1]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.view_as(p)
         self.optimizer.step()
@@ -448,8 +472,8 @@ class MetaLearner:
         meta = json.loads((folder / CONFIG).read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        # models saved before support_shrinkage existed adapted with the plain mean support loss
-        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, **meta["train"]})
+        # models saved before support_shrinkage / inner_grad_clip existed adapted without them
+        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, "inner_grad_clip": 0.0, **meta["train"]})
         dims = ModelDims.from_dict(meta["dims"])
         model = build_model(dims, cfg)
         learner = cls(

@@ -1,8 +1,9 @@
 """MAML, first-order MAML and Meta-SGD over a meta-batch of users, three ways with the same math.
 
 Per task: ``inner_steps`` SGD steps of the masked support loss over the adapted parameters (the decision
-MLP, or everything), then the masked query loss with the adapted parameters: MSE on ratings, or binary
-cross-entropy on 0/1 labels (objective ``binary``). The meta-objective is the sum of the query losses
+MLP, or everything; each step's gradient clipped to norm ``inner_grad_clip``), then the masked query
+loss with the adapted parameters: MSE on ratings, or binary cross-entropy on 0/1 labels (objective
+``binary``). The meta-objective is the sum of the query losses
 divided by the global number of tasks in the meta-batch, so summing it over ranks gives the mean over the
 global batch. Algorithm ``joint`` trains without the inner loop (plain supervised learning of the same
 model, the ``finetune`` baseline) and adapts only at prediction.
@@ -49,6 +50,18 @@ def masked_bce(logit: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (mask * loss).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def clip_scale(grads: list[Tensor], max_norm: float) -> Tensor | float:
+    """Factor that brings the joint norm of ``grads`` down to ``max_norm`` (1 below it; 1 when 0: off).
+
+    ``max_norm / sqrt(max(|g|², max_norm²))``: differentiable (no square root at 0) and exactly 1 below
+    the threshold, so clipping changes nothing for a gradient that is small enough.
+    """
+    if max_norm <= 0:
+        return 1.0
+    sq = sum((g * g).sum() for g in grads)
+    return max_norm * torch.rsqrt(torch.clamp(torch.as_tensor(sq), min=max_norm * max_norm))
+
+
 def lr_key(name: str) -> str:
     """Name of the Meta-SGD learning-rate tensor of parameter ``name`` (dots are not allowed in keys)."""
     return name.replace(".", "__")
@@ -87,6 +100,7 @@ class MetaObjective:
         self.binary = config.objective == "binary"
         self.task_loss = masked_bce if self.binary else masked_mse
         self.support_shrinkage = config.support_shrinkage
+        self.inner_grad_clip = config.inner_grad_clip
         self.second_order = config.second_order
         self.adapted = model.adapted_names(config.adapt)
         self.inner_lrs = inner_lrs
@@ -121,10 +135,12 @@ class MetaObjective:
         return self.inner_lr if self.inner_lrs is None else self.inner_lrs[lr_key(name)]
 
     def _sgd(self, fast: Params, grads: Params, names: dict[str, str]) -> Params:
-        """One inner SGD step; ``names`` maps the keys of ``fast`` to full parameter names."""
+        """One inner SGD step, the task's gradient clipped to norm ``inner_grad_clip``; ``names`` maps the
+        keys of ``fast`` to full parameter names."""
         if not self.second_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        return {k: fast[k] - self._lr(names[k]) * grads[k] for k in fast}
+        scale = clip_scale([grads[k] for k in fast], self.inner_grad_clip)
+        return {k: fast[k] - self._lr(names[k]) * (scale * grads[k]) for k in fast}
 
     # -- reference: one task at a time ------------------------------------------------------------
 

@@ -52,7 +52,9 @@ def serving_report(
     learner: MetaLearner, fs: FeatureSet, compression: Compression, seed: int, sample_users: int
 ) -> dict[str, float | str]:
     """``serving.float.{mae,latency_ms}``, and with compression also ``serving.<mode>.{mae,latency_ms}``,
-    ``serving.mae_change`` (compressed minus float) and ``serving.prediction_change`` (mean |difference|)."""
+    ``serving.mae_change`` (compressed minus float) and ``serving.prediction_change`` (mean |difference|).
+
+    A model that scores any sampled user's query items NaN or infinite raises :class:`NonFiniteScores`."""
     tasks = TaskSet.from_tasks(fs.tasks, fs.user_cats)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(tasks), min(sample_users, len(tasks)), replace=False))

@@ -68,8 +68,10 @@ def evidence(
             f"{source}: scenarios.{where}.mean or per_fold.{where} is missing or not numeric; "
             "the promotion gate needs both"
         ) from None
-    if math.isnan(mean) or len(per_fold) < 1:
-        raise ValueError(f"{source}: scenarios.{where}.mean is NaN or per_fold.{where} is empty")
+    if not math.isfinite(mean) or len(per_fold) < 1:
+        raise ValueError(
+            f"{source}: scenarios.{where}.mean is NaN or infinite ({mean}) or per_fold.{where} is empty"
+        )
     values = cv.get("per_user", {}) if per_user is None else per_user
     users = values.get(GATE_SCENARIO, {}).get(META_MODEL, {}).get(metric, {})
     if not isinstance(users, dict):
@@ -133,7 +135,10 @@ def decide(
 ) -> GateDecision:
     """``champion`` for the first version, or when the error drops by more than ``min_improvement`` and the
     paired test gives p < ``max_p``; else ``challenger``, also when the champion (``champion_version``)
-    has no readable evaluation (``champion`` None) or was evaluated under another fold protocol."""
+    has no readable evaluation (``champion`` None) or was evaluated under another fold protocol.
+
+    A challenger whose metric is missing or not finite (mean, a fold or a user) loses: ``challenger``
+    even when there is no champion yet."""
     base = GateDecision(
         CHALLENGER,
         "",
@@ -144,6 +149,10 @@ def decide(
         max_p=max_p,
         protocol=new.protocol,
     )
+    values = [new.mean, *new.per_fold, *new.per_user.values()]
+    if not new.per_fold or not all(math.isfinite(v) for v in values):
+        reason = f"not promoted: the challenger's {metric} is missing or not finite (mean {new.mean})"
+        return GateDecision(**{**base.to_dict(), "reason": reason})
     if champion_version is None:
         return GateDecision(**{**base.to_dict(), "alias": CHAMPION, "reason": "no champion yet"})
     if champion is None:

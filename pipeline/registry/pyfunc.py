@@ -9,6 +9,9 @@ and the field, e.g. ``request 0: k: expected an integer (got 'ten')``, instead o
 pydantic report: unknown fields, wrong types (no coercion: ``"5"`` is not a number, ``50`` not an item
 id), and the rules a schema cannot express (known item ids and attribute values, the rating range,
 k > 0). Every rejection is a :class:`RequestError`: HTTP 400 when served.
+A NaN or infinite score is never answered: the request fails with ``INTERNAL_ERROR`` (HTTP 500), not a
+fallback ranking, so a broken model shows in the server's error rate instead of serving silently
+wrong results (the client keeps its own fallback, e.g. popularity).
 
 The model's ``model_config`` may set ``compression`` (``register.compression``): the scorer then runs the
 candidate pass compressed (see :mod:`pipeline.registry.scorer`).
@@ -25,14 +28,14 @@ from typing import Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.features.categorical import encode_user
 from pipeline.features.store import ITEM_TITLES
 from pipeline.meta.learner import MetaLearner, resolve_device
-from pipeline.registry.scorer import Scorer
+from pipeline.registry.scorer import NonFiniteScores, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +187,20 @@ class MetaRecModel(PythonModel):
         """Check every request (a bad one rejects the batch), then adapt to each and rank its candidates."""
         tasks = [self._task(i, parse_request(i, raw)) for i, raw in enumerate(model_input)]
         ranked = []
-        for task in tasks:
+        for position, task in enumerate(tasks):
             query = None if task.all_items else task.query_items
-            raw = self._scorer.scores(
-                task.user_cats,
-                task.support_items,
-                task.support_ratings,
-                query,
-                clip=False,
-                context_items=task.context_items,
-            )
+            try:
+                raw = self._scorer.scores(
+                    task.user_cats,
+                    task.support_items,
+                    task.support_ratings,
+                    query,
+                    clip=False,
+                    context_items=task.context_items,
+                )
+            except NonFiniteScores as exc:
+                log.error("request %d: %s", position, exc)
+                raise MlflowException(f"request {position}: {exc}", error_code=INTERNAL_ERROR) from None
             if task.all_items:
                 raw = raw[task.query_items]
             ranked.append(self._rank(task, np.asarray(raw, np.float64)))

@@ -57,6 +57,7 @@ from pipeline.registry.gate import (
 )
 from pipeline.registry.promote import PREVIOUS_CHAMPION, alias_version, promote
 from pipeline.registry.pyfunc import COMPRESSION_KEY, MODEL_ARTIFACT, VOCAB_ARTIFACT
+from pipeline.registry.scorer import NonFiniteScores
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ def redact(uri: str) -> str:
         return uri
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return parts._replace(netloc=netloc).geturl()
+
+
+class ModelRefused(RuntimeError):
+    """The model scores sampled users NaN or infinite: nothing is logged or registered."""
 
 
 class TrackingUnavailable(ConnectionError):
@@ -358,9 +363,11 @@ def _gate(client: MlflowClient, uri: str, params: Params, new: Evidence, version
 def register(params: Params, paths: Paths) -> dict[str, Any]:
     """Log params, CV metrics, lineage, model card and serving report; register; gate the aliases.
 
-    Checks an http(s) tracking server first. A model, params, data and evaluation registered before give
-    back that registration (``reports/registration.json`` as it was) instead of a new version; one whose
-    registration was interrupted after its version was created is finished.
+    Checks an http(s) tracking server first. A model that scores any of ``register.sample_users``
+    sampled users NaN or infinite is refused (:class:`ModelRefused`) before anything is logged. A
+    model, params, data and evaluation registered before give back that registration
+    (``reports/registration.json`` as it was) instead of a new version; one whose registration was
+    interrupted after its version was created is finished.
     """
     cfg = params.register
     _require(paths.model, "train")
@@ -424,9 +431,15 @@ def _register(
     marks the registration finished."""
     cfg = params.register
     learner = MetaLearner.load(paths.model, device="cpu")
-    serving = serving_report(
-        learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users
-    )
+    try:
+        serving = serving_report(
+            learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users
+        )
+    except NonFiniteScores as exc:
+        raise ModelRefused(
+            f"{paths.model} is not registered: on up to {cfg.sample_users} sampled users {exc}; "
+            "retrain it (docs/training.md, 'Divergence')"
+        ) from None
     vocab = read_json(paths.features / "vocab.json")
     card = model_card(params, cv, vocab, lineage, new.protocol, serving)
     tags = {

@@ -15,6 +15,9 @@ delegates to ``adapt_predict``, one request at a time.
 
 Requests may arrive on several threads at once (the MLflow server runs ``predict`` in a thread pool):
 fast weights live in local variables only.
+
+A score that is not finite (NaN weights, or an adaptation that diverged) is never returned: ``scores``
+raises :class:`NonFiniteScores` instead.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.meta.learner import MetaLearner
-from pipeline.meta.maml import lr_key
+from pipeline.meta.maml import clip_scale, lr_key
 from pipeline.meta.model import DECISION_PREFIX
 
 Compression = Literal["none", "int8"]
@@ -49,6 +52,20 @@ def _int8_linear(x: Tensor, weight: Tensor, bias: Tensor, relu: bool) -> Tensor:
         packed = torch.ops.quantized.linear_prepack(qweight, bias.contiguous())
     op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
     return op(x, packed, True)  # reduce_range, as fbgemm's dynamic linear layers run
+
+
+class NonFiniteScores(RuntimeError):
+    """The model scored a candidate NaN or infinite: its weights, or this user's adaptation, diverged."""
+
+
+def _finite(scores: np.ndarray, n_support: int) -> np.ndarray:
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise NonFiniteScores(
+            f"the model scored {bad} of {scores.size} candidates NaN or infinite after adapting to "
+            f"{n_support} support ratings: its weights or this adaptation diverged"
+        )
+    return scores
 
 
 class Scorer:
@@ -110,6 +127,7 @@ class Scorer:
 
         ``user_cats`` [Fu] are the user's attribute codes, item indices are FeatureSet rows;
         ``context_items`` were interacted with but not rated (they join the user's text profile).
+        Raises :class:`NonFiniteScores` rather than return a NaN or infinite score.
         """
         if not self.cached:
             query = np.arange(self.learner.model.dims.n_items) if query_items is None else query_items
@@ -121,7 +139,7 @@ class Scorer:
                     [query],
                     None if context_items is None else [context_items],
                 )
-            return out
+            return _finite(out, len(support_items))
         dims = self._model.dims
         with torch.no_grad():
             interacted = (
@@ -136,7 +154,7 @@ class Scorer:
                 + self._offsets[rows]
             )
             pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
-            return pred.float().cpu().numpy()
+            return _finite(pred.float().cpu().numpy(), len(support_items))
 
     def _user_vector(self, user_cats: Tensor, interacted: np.ndarray) -> Tensor:
         """The user part of the MLP input: attribute embeddings, then the text profile if there is one."""
@@ -150,7 +168,8 @@ class Scorer:
 
     def _adapt(self, user: Tensor, support_items: np.ndarray, ratings: np.ndarray) -> Layers:
         """``inner_steps`` SGD steps of the support loss over the decision MLP (none without support): the
-        squared error summed over the n support rows, divided by ``n + support_shrinkage``.
+        squared error summed over the n support rows, divided by ``n + support_shrinkage``, each step's
+        gradient clipped to norm ``inner_grad_clip``.
 
         The gradient of this small ReLU MLP is written out (backpropagation by hand): on a few support
         rows autograd's bookkeeping would cost more than the arithmetic.
@@ -176,8 +195,9 @@ class Scorer:
                 else:
                     grad = grad @ layers[n][0]
                 grads.insert(0, (weight_grad, bias_grad))
+            scale = clip_scale([g for pair in grads for g in pair], self.learner.config.inner_grad_clip)
             layers = [
-                (w - rw * gw, b - rb * gb)
+                (w - rw * (scale * gw), b - rb * (scale * gb))
                 for (w, b), (rw, rb), (gw, gb) in zip(layers, self._rates, grads, strict=True)
             ]
         return layers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,18 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_LINES = 60
+LAUNCHER_LINES = 2000  # torchrun's failure summary repeats every worker's traceback: keep all of it
+SIGTERM = -15  # exit code of a worker torchrun stopped because another one failed
+PEER_FAILURE = re.compile(
+    r"closed by peer|reset by peer|remote worker|remote process|broken pipe|DistBackendError|"
+    r"DistNetworkError|NCCL communicator|timed out|timeout",
+    re.IGNORECASE,
+)
+RANK_PREFIX = re.compile(r"^.*?\[rank\d+\]:\s?")
 
 
 class TrainingFailed(RuntimeError):
-    """torchrun exited non-zero; the message ends with the tail of the failing worker's log."""
+    """torchrun exited non-zero; the message names the failing worker's error and ends with its log tail."""
 
 
 def train_distributed(
@@ -91,7 +101,7 @@ def train_distributed(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         logger.info("launching: %s", " ".join(cmd))
         t0 = time.perf_counter()
-        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        tail: deque[str] = deque(maxlen=LAUNCHER_LINES)
         with subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT
         ) as proc:
@@ -121,22 +131,90 @@ def train_distributed(
     }
 
 
+@dataclass(frozen=True)
+class _Worker:
+    """What one local worker of the last attempt left behind."""
+
+    local_rank: int
+    log: Path | None
+    error: str
+    timestamp: float
+    exitcode: int | None
+
+    @property
+    def tier(self) -> int:
+        """0: raised an error of its own; 1: died without a traceback (os._exit, OOM kill, segfault);
+        2: only failed because a peer did (connection closed, timeout) or was stopped by torchrun."""
+        if self.error and not PEER_FAILURE.search(self.error):
+            return 0
+        if not self.error and self.exitcode not in (None, 0, SIGTERM):
+            return 1
+        return 2
+
+
 def _failure_report(attempts: list[Path], launcher_tail: list[str]) -> str:
-    """Tail of the failing worker's stderr (the rank torchrun names as root cause), else of the launcher."""
+    """The failing worker's error and the tail of its log, else the tail of the launcher's output.
+
+    The failing worker is the one that raised an error of its own (earliest first), else one that died
+    without a traceback, else torchrun's root cause: not a healthy rank that only lost its peer.
+    """
     text = "\n".join(launcher_tail)
-    ranks = re.findall(r"local_rank:\s*(\d+)", text)
-    if attempts:
-        last = attempts[-1]
-        candidates = [last / r for r in dict.fromkeys(ranks)] or sorted(
-            p for p in last.iterdir() if p.is_dir()
-        )
-        for worker in candidates:
-            for name in ("stderr.log", "stdout.log"):
-                log = worker / name
-                if log.exists() and log.stat().st_size:
-                    lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                    return (
-                        f"--- {name} of the failing worker, local rank {log.parent.name} (last lines) ---\n"
-                        + "\n".join(lines)
-                    )
-    return "--- torchrun output (last lines) ---\n" + text
+    shown = "\n".join(launcher_tail[-LOG_TAIL_LINES:])
+    workers = _workers(attempts[-1], text) if attempts else []
+    if not workers:
+        return "--- torchrun output (last lines) ---\n" + shown
+    root = re.search(r"Root Cause.*?local_rank:\s*(\d+)", text, re.DOTALL)
+    root_rank = int(root.group(1)) if root else None
+    culprit = min(workers, key=lambda w: (w.tier, w.local_rank != root_rank, w.timestamp, w.local_rank))
+    headline = culprit.error or (
+        f"exit code {culprit.exitcode}" if culprit.exitcode is not None else "no Python traceback"
+    )
+    report = f"failing worker, local rank {culprit.local_rank}: {headline}"
+    if culprit.log is None:
+        return f"{report}\n--- torchrun output (last lines) ---\n{shown}"
+    lines = culprit.log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return (
+        f"{report}\n--- {culprit.log.name} of the failing worker, local rank {culprit.local_rank} "
+        "(last lines) ---\n" + "\n".join(lines)
+    )
+
+
+def _workers(attempt: Path, launcher_text: str) -> list[_Worker]:
+    """The workers of one attempt folder (``<local rank>/`` with error.json and the tee'd logs)."""
+    exitcodes = {
+        int(rank): int(code)
+        for rank, code in re.findall(r"local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)", launcher_text)
+    }
+    out = []
+    for folder in sorted(p for p in attempt.iterdir() if p.is_dir() and p.name.isdigit()):
+        rank = int(folder.name)
+        logs = [folder / n for n in ("stderr.log", "stdout.log") if (folder / n).is_file()]
+        log = next((p for p in logs if p.stat().st_size), None)
+        error, timestamp = _error_file(folder / "error.json")
+        if not error and log is not None:
+            error = _exception_line(log.read_text(errors="replace").splitlines())
+        out.append(_Worker(rank, log, error, timestamp, exitcodes.get(rank)))
+    return out
+
+
+def _error_file(path: Path) -> tuple[str, float]:
+    """First line of the exception message and the time in the error file ``@record`` writes ('' and
+    infinity when there is none)."""
+    try:
+        message = json.loads(path.read_text())["message"]
+        if isinstance(message, dict):
+            text, when = message["message"], message.get("extraInfo", {}).get("timestamp", math.inf)
+        else:
+            text, when = str(message), math.inf
+        return (text.strip().splitlines() or [""])[0], float(when)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", math.inf
+
+
+def _exception_line(lines: list[str]) -> str:
+    """The exception line that ends the last traceback in a worker's log ('' without one)."""
+    lines = [RANK_PREFIX.sub("", line) for line in lines]
+    starts = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
+    if not starts:
+        return ""
+    return next((line.strip() for line in lines[starts[-1] + 1 :] if line[:1].strip()), "")

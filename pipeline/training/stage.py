@@ -8,9 +8,15 @@ The params model is only duck-typed here, so this package still imports without 
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from safetensors.torch import load_file
+
 from pipeline.io import write_json
+from pipeline.meta.learner import WEIGHTS
 from pipeline.training.launch import train_distributed
 
 if TYPE_CHECKING:
@@ -20,6 +26,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteModel(RuntimeError):
+    """The trained model holds non-finite weights, or its training metrics are not finite."""
+
+
+def check_finite(model_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Raise :class:`NonFiniteModel` naming the non-finite metrics (per epoch) and weight tensors."""
+    problems = [
+        f"epoch {row['epoch']} {key} = {row[key]}"
+        for row in history
+        for key in ("train_loss", "query_mae")
+        if not math.isfinite(row[key])
+    ]
+    weights = load_file(str(Path(model_dir) / WEIGHTS))
+    problems += [
+        f"weights {name}: {int((~torch.isfinite(t)).sum())} non-finite values"
+        for name, t in sorted(weights.items())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if problems:
+        raise NonFiniteModel(
+            f"training wrote a broken model to {model_dir}: {'; '.join(problems[:5])}"
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            + "; it must not be evaluated or registered: see docs/training.md, 'Divergence'"
+        )
+
+
 def train_config(params: Params) -> dict[str, Any]:
     """The ``train`` section as the plain dict the meta-learner takes."""
     return params.train.model_dump(mode="json")
@@ -27,7 +59,10 @@ def train_config(params: Params) -> dict[str, Any]:
 
 def train_stage(params: Params, paths: Paths) -> dict[str, Any]:
     """Run torchrun with ``train.nproc`` workers per node on ``train.nnodes`` nodes; returns the summary
-    written to ``metrics/train.json`` (on the node that held rank 0; the other nodes raise)."""
+    written to ``metrics/train.json`` (on the node that held rank 0; the other nodes raise).
+
+    A model with non-finite weights or metrics fails the stage (:class:`NonFiniteModel`) before any
+    metric is written."""
     config = train_config(params)
     t = params.train
     result = train_distributed(
@@ -47,6 +82,7 @@ def train_stage(params: Params, paths: Paths) -> dict[str, Any]:
             f"training finished, but rank 0 ran on another of the {t.nnodes} nodes: the model, metrics and "
             f"checkpoints are on that node ({paths.model}); continue the pipeline there"
         )
+    check_finite(paths.model, result["history"])
     last = result["history"][-1]
     summary = {
         "train_loss": last["train_loss"],

@@ -10,7 +10,8 @@ the model (``MetaLearner.save`` format) with ``history.json``. On start the newe
 the same run is resumed, so ``torchrun --max-restarts=K`` survives a killed worker.
 
 Fault injection for tests: ``METAREC_TEST_CRASH_AT_STEP=k`` makes rank ``METAREC_TEST_CRASH_RANK``
-(default 1) exit abruptly after meta-step k, on torchrun's first attempt only.
+(default 1) exit abruptly after meta-step k, on torchrun's first attempt only; with
+``METAREC_TEST_CRASH_MODE=raise`` it raises a RuntimeError instead (a traceback of its own).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ logger = logging.getLogger("pipeline.training.train")
 HISTORY = "history.json"
 CRASH_STEP_ENV = "METAREC_TEST_CRASH_AT_STEP"
 CRASH_RANK_ENV = "METAREC_TEST_CRASH_RANK"
+CRASH_MODE_ENV = "METAREC_TEST_CRASH_MODE"
 # Changing these never changes the trained model, so a checkpoint stays valid across them.
 RUNTIME_ONLY = ("nproc", "nnodes", "rdzv_endpoint", "device", "checkpoint_every", "impl", "max_restarts")
 
@@ -114,9 +116,12 @@ def _fault_injection(env: distributed.DistEnv) -> Any:
         return None
 
     def crash(step: int) -> None:
-        if step == int(crash_at):
-            logger.error("fault injection: rank %d exits at meta-step %d", env.rank, step)
-            os._exit(1)
+        if step != int(crash_at):
+            return
+        if os.environ.get(CRASH_MODE_ENV) == "raise":
+            raise RuntimeError(f"fault injection: rank {env.rank} raises at meta-step {step}")
+        logger.error("fault injection: rank %d exits at meta-step %d", env.rank, step)
+        os._exit(1)
 
     return crash
 
