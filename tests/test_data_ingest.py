@@ -274,3 +274,31 @@ def test_movielens_100k_from_the_mirror(
     again = read_tables(Params(), paths)
     pd.testing.assert_frame_equal(again.ratings, tables.ratings)
     pd.testing.assert_frame_equal(again.items, tables.items)
+
+
+def test_movielens_1m_in_the_atomic_layout_has_the_grouplens_schema(tmp_path: Path) -> None:
+    """ml-1m's RecBole files hold occupation codes, as users.dat does: they become the same names, and the
+    users table passes the MovieLens schema; an unknown code names the .user file's line."""
+    folder = tmp_path / "ml1m"
+    shutil.copytree(FIXTURES / "atomic", folder)
+    user = folder / "tiny.user"
+    header, *rows = user.read_text().splitlines()
+    codes = ["12", "0", "20", "4", "7", "1"]
+    rows = [
+        "\t".join([*r.split("\t")[:3], code, r.split("\t")[4]]) for r, code in zip(rows, codes, strict=False)
+    ]
+    user.write_text("\n".join([header, *rows]) + "\n")
+    paths = Paths(tmp_path / "project")
+    ingest(make_params(name="tiny", source="movielens-1m", path=str(folder)), paths)
+    users = pd.read_parquet(paths.table("users"))
+    assert users["occupation"].tolist()[:3] == ["programmer", "other", "writer"]
+    assert {c: str(t) for c, t in users.dtypes.items()} == {
+        "user_id": "str",
+        "age": "Int64",
+        "gender": "str",
+        "occupation": "str",
+        "zip_code": "str",
+    }
+    user.write_text("\n".join([header, *rows[:2], rows[2].replace("\t20\t", "\t21\t")]) + "\n")
+    with pytest.raises(DataError, match=r"^tiny.user line 4, column occupation: unknown occupation code 21$"):
+        ingest(make_params(name="tiny", source="movielens-1m", path=str(folder)), paths)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline.data.atomic import read_atomic
 from pipeline.data.errors import DataError
-from pipeline.data.movielens import read_ml1m, read_ml100k
+from pipeline.data.movielens import conform_users, read_ml1m, read_ml100k
 from pipeline.data.schema import TABLES, Tables
 from pipeline.data.source import dataset_name, locate
 from pipeline.data.synthetic import generate_synthetic
@@ -71,7 +71,8 @@ def read_tables(params: Params, paths: Paths) -> Tables:
         logger.info("reading %s (GroupLens layout) from %s", name, raw.folder)
         return OFFICIAL[data.source][2](raw.folder, data.max_file_mb)
     logger.info("reading %s (RecBole atomic layout) from %s", name, raw.folder)
-    return read_atomic(raw.folder, name, data.max_file_mb)
+    tables = read_atomic(raw.folder, name, data.max_file_mb)
+    return conform_users(tables, data.source) if data.source in OFFICIAL else tables
 
 
 def ingest(params: Params, paths: Paths) -> dict[str, int]:

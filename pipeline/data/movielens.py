@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.errors import DataError
-from pipeline.data.schema import GENRE_SEPARATOR, ITEMS, MOVIELENS_USERS, RATINGS, Tables, frame
+from pipeline.data.schema import GENRE_SEPARATOR, ITEMS, MOVIELENS_USERS, RATINGS, Tables, frame, typed_column
 from pipeline.data.textfile import Table, check_unique, origins, read_delimited, to_float, to_int
 
 ENCODING = "latin-1"
@@ -146,6 +146,26 @@ def read_ml100k(folder: Path, max_mb: float) -> Tables:
     users = frame({**user_table.columns, "age": to_int(user_table, "age")}, MOVIELENS_USERS)
     rows = {"ratings": rating_rows, "users": user_table, "items": item_table}
     return Tables(ratings, users, items, {name: origins(t) for name, t in rows.items()})
+
+
+def conform_users(tables: Tables, source: str) -> Tables:
+    """Users of a MovieLens source read from RecBole atomic files, in the schema the GroupLens readers give
+    (``MOVIELENS_USERS``): ml-1m's occupation codes become their names, as ``users.dat``'s do, so that a
+    model sees the same vocabulary from either layout; other attribute columns keep their schema dtype."""
+    users = tables.users.copy()
+    if source == "movielens-1m" and pd.api.types.is_integer_dtype(users["occupation"]):
+        codes = users["occupation"]
+        unknown = np.flatnonzero(~codes.isin(range(len(ML1M_OCCUPATIONS))).to_numpy())
+        if unknown.size:
+            k = int(unknown[0])
+            origin = tables.origins.get("users")
+            file, line = ("users", None) if origin is None else (origin["file"][k], int(origin["line"][k]))
+            raise DataError(file, line, "occupation", f"unknown occupation code {int(codes.iloc[k])}")
+        users["occupation"] = [ML1M_OCCUPATIONS[c] for c in codes]
+    for column, dtype in MOVIELENS_USERS.items():
+        if column in users and str(users[column].dtype) != dtype:
+            users[column] = typed_column(users[column].astype("str").where(users[column].notna()), dtype)
+    return Tables(tables.ratings, users, tables.items, tables.origins)
 
 
 def read_ml1m(folder: Path, max_mb: float) -> Tables:
