@@ -411,6 +411,20 @@ def test_every_checkpoint_bad_means_a_fresh_start_and_at_least_two_are_kept(
     record_property("message", f"load_latest: None after 2 warnings; refused: {refused.value}")
 
 
+def test_another_runs_checkpoints_never_prune_this_runs(tmp_path: Path) -> None:
+    """Checkpoints of an earlier run with other params (a later step) are dropped, not counted: this run's
+    newest ones stay, and training resumes from them."""
+    fs = synthetic_feature_set(n_users=30, n_items=25, seed=5)
+    learner = MetaLearner.create(CONFIG, fs, seed=SEED)
+    for step in (7500, 7550):
+        checkpoint.save_checkpoint(tmp_path, learner, TrainState(step=step), "earlier-run")
+    for step in (50, 100):
+        checkpoint.save_checkpoint(tmp_path, learner, TrainState(step=step), "this-run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000050", "step-00000100"]
+    resumed = checkpoint.load_latest(tmp_path, "this-run", torch.device("cpu"))
+    assert resumed is not None and resumed.state.step == 100
+
+
 class _Payload:
     """Unpickling this would create ``marker``: proof that code ran."""
 

@@ -54,8 +54,9 @@ def sha256_file(path: Path) -> str:
 def save_checkpoint(
     folder: Path, learner: MetaLearner, state: TrainState, fingerprint: str, keep: int = 3
 ) -> Path:
-    """Write the checkpoint of ``state.step`` atomically, then drop all but the newest ``keep`` (at least
-    :data:`MIN_KEEP`).
+    """Write the checkpoint of ``state.step`` atomically, then drop all but this run's newest ``keep`` (at
+    least :data:`MIN_KEEP`): another run's checkpoints (other data, config or seed) can never resume this
+    one, and left in place they would outnumber, and so prune away, the ones it just wrote.
 
     Only rank 0 writes, one checkpoint at a time, so a hidden ``.step-*`` folder found here is the
     leftover of a writer that was killed mid-write, and is removed.
@@ -77,9 +78,19 @@ def save_checkpoint(
         )
         manifest = {name: sha256_file(tmp / name) for name in FILES}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    for old in _candidates(folder)[keep:]:
+    mine = [p for p in _candidates(folder) if _fingerprint(p) == fingerprint]
+    others = [p for p in _candidates(folder) if p not in mine]
+    for old in [*mine[keep:], *others]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _fingerprint(path: Path) -> str | None:
+    """The run that wrote the checkpoint at ``path`` (None when its state cannot be read)."""
+    try:
+        return str(json.loads((path / "state.json").read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _candidates(folder: Path) -> list[Path]:
