@@ -202,9 +202,8 @@ class MetaLearner:
 
         Raises :class:`TrainingDiverged` (naming the meta-step and epoch) at the first meta-step whose
         loss or meta-gradient is not finite. ``reduce`` sums a flat tensor over ranks in place (None:
-        single process). ``on_checkpoint``
-        receives the full state every ``checkpoint_every`` meta-steps, ``on_step`` the step count after
-        every meta-step; the running sums are read back from the device only for those two and at epoch end.
+        single process). ``on_checkpoint`` receives the full state every ``checkpoint_every`` meta-steps,
+        ``on_step`` the step count after every meta-step.
         """
         total = self.config.epochs * sampler.n_batches
         bar = Progress(total, "meta-train", "step", initial=state.step, enabled=progress)
