@@ -134,7 +134,10 @@ class TrainParams(_Section):
 ModelName = Literal[
     "global_mean",
     "popularity",
+    "most_popular",
     "linear_bias",
+    "mf_foldin",
+    "item_knn",
     "lightgbm",
     "lightgbm_rank",
     "finetune",

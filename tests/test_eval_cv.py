@@ -308,7 +308,7 @@ def test_build_model_knows_every_name_and_objective() -> None:
         model = build_model(name, params, seed=0)
         assert isinstance(model, ColdStartModel)
         assert model.name == name
-        assert model.predicts_ratings == (name != "lightgbm_rank")
+        assert model.predicts_ratings == (name not in ("lightgbm_rank", "most_popular"))
         assert not build_model(name, params, seed=0, objective="binary").predicts_ratings
     meta_no_text = build_model("meta_no_text", params, seed=0, objective="binary")
     assert meta_no_text.config["use_text"] is False and meta_no_text.config["objective"] == "binary"  # type: ignore[attr-defined]

@@ -6,8 +6,11 @@ from typing import Any
 
 from pipeline.baselines.base import ColdStartModel, Objective
 from pipeline.baselines.global_mean import GlobalMean
+from pipeline.baselines.item_knn import ItemKNN
 from pipeline.baselines.lightgbm_model import LightGBMModel
 from pipeline.baselines.linear_bias import LinearBias
+from pipeline.baselines.mf_foldin import MFFoldIn
+from pipeline.baselines.most_popular import MostPopular
 from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.meta_adapter import MetaModel
 from pipeline.params import Params
@@ -20,14 +23,25 @@ META_FAMILY: dict[str, dict[str, Any]] = {
 }
 # the models under test; every other model is a baseline they are compared against
 META_MODELS = ("meta", "meta_no_text")
-MODEL_NAMES = ("global_mean", "popularity", "linear_bias", "lightgbm", "lightgbm_rank", *META_FAMILY)
+MODEL_NAMES = (
+    "global_mean",
+    "popularity",
+    "most_popular",
+    "linear_bias",
+    "mf_foldin",
+    "item_knn",
+    "lightgbm",
+    "lightgbm_rank",
+    *META_FAMILY,
+)
 
 
 def build_model(
     name: str, params: Params, seed: int, objective: Objective = "regression", threads: int | None = None
 ) -> ColdStartModel:
     """A fresh, unfitted model called ``name``; ``objective``: ``regression`` (explicit ratings) or
-    ``binary`` (implicit 0/1 labels, scores are P(positive)). ``lightgbm_rank`` always ranks (lambdarank).
+    ``binary`` (implicit 0/1 labels, scores are P(positive)). ``lightgbm_rank`` (lambdarank) and
+    ``most_popular`` (rating counts) always rank.
     ``threads``: LightGBM's threads (default: its own choice)."""
     if objective not in ("regression", "binary"):
         raise ValueError(f"objective must be 'regression' or 'binary', got {objective!r}")
@@ -38,8 +52,14 @@ def build_model(
         return GlobalMean(objective)
     if name == "popularity":
         return Popularity(objective)
+    if name == "most_popular":
+        return MostPopular(objective)
     if name == "linear_bias":
         return LinearBias(objective)
+    if name == "mf_foldin":
+        return MFFoldIn(objective, seed=seed)
+    if name == "item_knn":
+        return ItemKNN(objective)
     if name == "lightgbm":
         return LightGBMModel(params.eval.support_size, seed, objective=objective, num_threads=threads)
     if name == "lightgbm_rank":
