@@ -35,6 +35,8 @@ REFERENCED = {
 SECTIONS = {
     "test_reliability_inputs": "Bad input",
     "test_reliability_faults": "Faults and restarts",
+    "test_source_stage": "Faults and restarts",
+    "test_divergence": "Faults and restarts",
     "test_training_distributed": "Faults and restarts",
     "test_reliability_safety": "Safety",
     "test_params": "Safety",

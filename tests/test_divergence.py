@@ -25,6 +25,8 @@ from pipeline.training.launch import TrainingFailed
 from pipeline.training.stage import NonFiniteModel, check_finite, train_stage
 from tests.registry_fixtures import A_USER, TRAIN_CONFIG, stage_inputs, tiny_feature_set, write_cv
 
+pytestmark = pytest.mark.reliability
+
 DIVERGING = {**TRAIN_CONFIG, "inner_lr": 1e6, "epochs": 2}
 """An inner step so large that the first meta-step's loss is not finite."""
 

@@ -17,6 +17,8 @@ from pipeline.params import load_params
 from pipeline.paths import Paths
 from tests.project import BIN, make_project, sh, stages_run
 
+pytestmark = pytest.mark.reliability
+
 FIXTURE = Path(__file__).parent / "data" / "fixtures" / "ml-100k"
 DVC = str(BIN / "dvc")
 
@@ -49,7 +51,10 @@ def test_synthetic_source_has_a_manifest_and_no_files(tmp_path: Path) -> None:
     assert [p.name for p in paths.source.iterdir()] == [MANIFEST]
 
 
-def test_a_source_file_edited_in_place_is_re_ingested(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_source_file_edited_in_place_is_re_ingested(tmp_path: Path, record_property) -> None:
+    """A raw file edited in place (a rating appended): `dvc status` names ingest's changed dependency, the
+    next `dvc repro` re-ingests it; a file ingest never reads changes nothing; the raw data is untouched."""
     raw = raw_copy(tmp_path)
     root = make_project(tmp_path / "project")
     write_overrides(root / "params.yaml", [f"data.path={raw}"])
@@ -61,6 +66,7 @@ def test_a_source_file_edited_in_place_is_re_ingested(tmp_path: Path) -> None:
         f.write("5\t2\t5\t884000000\n")
     status = sh(DVC, "status", "ingest", cwd=root)
     assert "ingest:" in status and "modified:" in status and "data/source" in status, status
+    record_property("message", " ".join(status.split()))
     assert stages_run(sh(DVC, "repro", "ingest", cwd=root)) == ["source", "ingest"]
     assert len(pd.read_parquet(root / "data" / "ingested" / "ratings.parquet")) == len(ratings) + 1
 
@@ -69,7 +75,8 @@ def test_a_source_file_edited_in_place_is_re_ingested(tmp_path: Path) -> None:
     assert (raw / "u.data").read_text().endswith("5\t2\t5\t884000000\n")  # DVC never touched the raw data
 
 
-def test_a_failed_stage_leaves_its_previous_outputs_in_place(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_failed_stage_leaves_its_previous_outputs_in_place(tmp_path: Path, record_property) -> None:
     """DVC removes a stage's outputs before running it; when the stage fails, the flow checks the previous
     ones out again, so a bad refresh of the raw data never leaves the project without ingested tables."""
     from flows.errors import StageFailed
@@ -90,3 +97,4 @@ def test_a_failed_stage_leaves_its_previous_outputs_in_place(tmp_path: Path) -> 
     assert failed.value.message == "u.data line 16, column rating: not a number ('five')"
     assert not failed.value.transient
     assert {p.name: p.read_bytes() for p in tables.iterdir()} == before
+    record_property("message", f"{failed.value}; data/ingested as before")
