@@ -7,6 +7,7 @@ file named by :data:`ERROR_FILE_ENV` and prints nothing, so the flow reports eac
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import urllib.error
@@ -31,11 +32,18 @@ class StageFailed(RuntimeError):
         return type(self), (self.stage, self.message, self.transient)
 
 
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT})
+"""Operating-system errors that a second try may not meet: a flaky disk or share, a busy resource."""
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Failures a retry can heal: the network, a server that is down, a timeout. Bad data never is."""
+    """Failures a retry can heal: the network, a server that is down, a timeout, a flaky disk. Bad data,
+    a missing file or a bug never is."""
     if isinstance(exc, StageFailed):
         return exc.transient
-    return isinstance(exc, ConnectionError | TimeoutError | urllib.error.URLError)
+    if isinstance(exc, ConnectionError | TimeoutError | urllib.error.URLError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def report_to_flow(command: str, exc: BaseException) -> bool:
