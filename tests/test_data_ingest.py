@@ -302,3 +302,18 @@ def test_movielens_1m_in_the_atomic_layout_has_the_grouplens_schema(tmp_path: Pa
     user.write_text("\n".join([header, *rows[:2], rows[2].replace("\t20\t", "\t21\t")]) + "\n")
     with pytest.raises(DataError, match=r"^tiny.user line 4, column occupation: unknown occupation code 21$"):
         ingest(make_params(name="tiny", source="movielens-1m", path=str(folder)), paths)
+
+
+def test_every_line_breaking_a_value_rule_is_named_at_once(tmp_path: Path) -> None:
+    """Three unparsable ratings: one error names the first line and lists the other two."""
+    folder = tmp_path / "atomic"
+    shutil.copytree(FIXTURES / "atomic", folder)
+    inter = folder / "tiny.inter"
+    header, *rows = inter.read_text().splitlines()
+    for k, word in ((2, "abc"), (5, "x"), (9, "n/a")):
+        fields = rows[k].split("\t")
+        rows[k] = "\t".join([*fields[:2], word, *fields[3:]])
+    inter.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_tables(make_params(name="tiny", path=str(folder)), Paths(tmp_path))
+    assert str(caught.value) == "tiny.inter line 4, column rating: not a number ('abc'); also lines 7, 11"

@@ -133,8 +133,18 @@ def to_float(table: Table, column: str) -> pd.Series:
     values = pd.to_numeric(raw.mask(raw == ""), errors="coerce").astype("float64")
     bad = np.flatnonzero((values.isna() & (raw != "")).to_numpy())
     if bad.size:
-        raise table.error(int(bad[0]), column, f"not a number ({raw.iloc[bad[0]]!r})")
+        raise table.error(int(bad[0]), column, f"not a number ({raw.iloc[bad[0]]!r}){_also(table, bad)}")
     return values
+
+
+def _also(table: Table, bad: np.ndarray, shown: int = 5) -> str:
+    """``; also lines 9, 12 (and 3 more)``: the other lines that break the same rule, so that one run
+    names them all."""
+    rest = [str(int(table.lines[k])) for k in bad[1 : 1 + shown]]
+    if not rest:
+        return ""
+    more = f" (and {bad.size - 1 - len(rest)} more)" if bad.size - 1 > len(rest) else ""
+    return f"; also line{'s' if len(rest) > 1 else ''} {', '.join(rest)}{more}"
 
 
 def to_int(table: Table, column: str, *, truncate: bool = False) -> pd.Series:
@@ -146,7 +156,8 @@ def to_int(table: Table, column: str, *, truncate: bool = False) -> pd.Series:
         wrong |= finite & (values != np.floor(values))
     bad = np.flatnonzero(wrong)
     if bad.size:
-        raise table.error(int(bad[0]), column, f"not an integer ({table.columns[column].iloc[bad[0]]!r})")
+        value = table.columns[column].iloc[bad[0]]
+        raise table.error(int(bad[0]), column, f"not an integer ({value!r}){_also(table, bad)}")
     return pd.Series(np.floor(values)).astype("Int64")
 
 
