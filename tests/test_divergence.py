@@ -47,6 +47,8 @@ def broken(fs: FeatureSet) -> MetaLearner:
 
 
 def test_training_stops_at_the_first_non_finite_step(fs: FeatureSet) -> None:
+    """A huge inner step (inner_lr 1e6): training stops with TrainingDiverged at meta-step 1, naming
+    step, epoch and batch, before the step is applied (the weights are unchanged)."""
     learner = MetaLearner.create(DIVERGING, fs, seed=0)
     sampler = learner.sampler(fs)
     before = {k: v.clone() for k, v in learner.tensors().items()}
@@ -59,6 +61,8 @@ def test_training_stops_at_the_first_non_finite_step(fs: FeatureSet) -> None:
 
 
 def test_check_finite_names_the_broken_weights_and_metrics(broken: MetaLearner, tmp_path: Path) -> None:
+    """A model with a NaN weight, or a training history with a NaN loss, fails the train stage's check,
+    naming the tensor or the epoch; a finite model passes."""
     broken.save(tmp_path / "model")
     history = [{"epoch": 0, "train_loss": 1.0, "query_mae": 0.8}]
     with pytest.raises(NonFiniteModel, match=r"weights decision.0.weight: 1 non-finite values"):
@@ -74,6 +78,8 @@ def test_check_finite_names_the_broken_weights_and_metrics(broken: MetaLearner, 
 def test_a_diverging_train_stage_fails_and_nothing_is_registered(
     fs: FeatureSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The train stage (2 gloo processes under torchrun) driven to NaN: it fails naming the meta-step,
+    writes no model and no metrics, and nothing is registered."""
     paths = Paths(tmp_path)
     save_feature_set(fs, paths.features)
     overrides = [f"train.{k}={json.dumps(v)}" for k, v in DIVERGING.items()]
@@ -92,6 +98,7 @@ def test_a_diverging_train_stage_fails_and_nothing_is_registered(
 def test_register_refuses_a_model_with_non_finite_scores(
     fs: FeatureSet, broken: MetaLearner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """register refuses a model that scores sampled users NaN: no run, no version, no registration.json."""
     paths = stage_inputs(tmp_path, broken, fs)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(reg.ModelRefused, match=r"models/meta is not registered: .* NaN or infinite"):
@@ -106,6 +113,7 @@ def test_register_refuses_a_model_with_non_finite_scores(
 def test_serving_answers_a_nan_score_with_a_server_error(
     fs: FeatureSet, broken: MetaLearner, tmp_path: Path
 ) -> None:
+    """A served model whose scores come out NaN answers an error (HTTP 500), never a NaN ranking."""
     user = fs.user_cats[0]
     with pytest.raises(NonFiniteScores, match=r"NaN or infinite after adapting to 2 support ratings"):
         Scorer(broken).scores(user, np.array([0, 1]), np.array([5.0, 1.0], np.float32), None)
