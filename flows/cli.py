@@ -242,6 +242,14 @@ def promote(
     typer.echo(f"champion: version {moved.champion} (was {moved.previous_champion}){unchanged}")
 
 
+def _hand_over(command: list[str], uri: str) -> None:
+    """Become ``command`` (an MLflow server on the project's store at ``uri``); its output is the user's."""
+    from pipeline.registry.serve import mlflow_environment
+
+    sys.stderr.flush()
+    os.execve(command[0], command, mlflow_environment(uri, os.environ))
+
+
 @app.command()
 def serve(
     host: HostOpt = "127.0.0.1",
@@ -258,15 +266,13 @@ def serve(
 
     def body(p: Params, paths: Paths) -> None:
         from pipeline.registry.register import tracking_uri
-        from pipeline.registry.serve import mlflow_environment, serve_command, served_version
+        from pipeline.registry.serve import serve_command, served_version
 
         uri = tracking_uri(paths)
         name = model_name or p.register.model_name
         version = served_version(uri, name, alias)
         typer.echo(f"serving {name}@{alias} (version {version}): http://{host}:{port}/invocations", err=True)
-        command = serve_command(name, alias, host, port)
-        sys.stderr.flush()
-        os.execve(command[0], command, mlflow_environment(uri, os.environ))
+        _hand_over(serve_command(name, alias, host, port), uri)
 
     _execute("serve", params, set_, debug, body)
 
@@ -283,13 +289,11 @@ def ui(
 
     def body(p: Params, paths: Paths) -> None:
         from pipeline.registry.register import tracking_uri
-        from pipeline.registry.serve import mlflow_environment, ui_command
+        from pipeline.registry.serve import ui_command
 
         uri = tracking_uri(paths)
-        command = ui_command(uri, host, port)
         typer.echo(f"MLflow UI of {uri} at http://{host}:{port}", err=True)
-        sys.stderr.flush()
-        os.execve(command[0], command, mlflow_environment(uri, os.environ))
+        _hand_over(ui_command(uri, host, port), uri)
 
     _execute("ui", params, set_, debug, body)
 

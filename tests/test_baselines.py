@@ -28,20 +28,13 @@ from pipeline.baselines.mf_foldin import MFFoldIn
 from pipeline.baselines.most_popular import MostPopular
 from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.metrics import auc, mae, ndcg_at_k
+from pipeline.evaluation.models import META_FAMILY, MODEL_NAMES
 from pipeline.features.store import FeatureSet
 from tests.baseline_fixtures import Case, implicit, new_item_case, new_user_case, warm_case
 from tests.eval_fixtures import planted_feature_set
 
-MODELS = (
-    "global_mean",
-    "popularity",
-    "most_popular",
-    "linear_bias",
-    "mf_foldin",
-    "item_knn",
-    "lightgbm",
-    "lightgbm_rank",
-)
+MODELS = tuple(name for name in MODEL_NAMES if name not in META_FAMILY)
+"""Every baseline of pipeline/baselines/ (the meta-learner family has its own tests)."""
 
 
 def make(name: str, objective: Objective | Literal["lambdarank"] = "regression") -> ColdStartModel:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pipeline.baselines.base import ColdStartModel, Objective
 from pipeline.baselines.global_mean import GlobalMean
@@ -13,7 +13,7 @@ from pipeline.baselines.mf_foldin import MFFoldIn
 from pipeline.baselines.most_popular import MostPopular
 from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.meta_adapter import MetaModel
-from pipeline.params import Params
+from pipeline.params import ModelName, Params
 
 # the meta-learner family: the train params plus these config changes
 META_FAMILY: dict[str, dict[str, Any]] = {
@@ -23,17 +23,8 @@ META_FAMILY: dict[str, dict[str, Any]] = {
 }
 # the models under test; every other model is a baseline they are compared against
 META_MODELS = ("meta", "meta_no_text")
-MODEL_NAMES = (
-    "global_mean",
-    "popularity",
-    "most_popular",
-    "linear_bias",
-    "mf_foldin",
-    "item_knn",
-    "lightgbm",
-    "lightgbm_rank",
-    *META_FAMILY,
-)
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
+"""Every model ``eval.models`` can name: the one list, the params model's ``ModelName``."""
 
 
 def build_model(
