@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.io import atomic_path
-from pipeline.progress import Progress
+from pipeline.progress import Progress, progress_mode
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -133,6 +133,10 @@ def load_model(name: str, device: str) -> SentenceTransformer:
             "the text encoder needs sentence-transformers: `pip install sentence-transformers`"
         ) from None
     source = _model_source(name)
+    if progress_mode() != "bar":  # transformers' own "Loading weights" bar: one line per redraw in a log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         model = SentenceTransformer(source, device=device)
     except (OSError, ValueError) as exc:
