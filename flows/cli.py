@@ -22,6 +22,7 @@ from pipeline.paths import Paths
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+DEFAULT_PARAMS = Path("params.yaml")
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file", show_default=True)]
 SetOpt = Annotated[
     list[str] | None,
@@ -193,8 +194,20 @@ def _flow_output(debug: bool) -> None:
 
 
 @app.command()
-def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """The whole retraining flow (Prefect): ingest → validate → features → train → evaluate → register."""
+def run(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """The whole retraining flow (Prefect): ingest → validate → features → train → evaluate → register.
+
+    ``--params FILE`` other than params.yaml sets FILE's keys in params.yaml, like ``--set`` (the stages
+    DVC runs read params.yaml), e.g. ``--params params/ml1m.yaml``."""
+    if params != DEFAULT_PARAMS:
+        from flows.params_file import overrides_from
+
+        try:
+            set_ = [*overrides_from(params), *(set_ or [])]
+        except ValueError as exc:
+            typer.secho(f"metarec run: {exc}", err=True, fg="red")
+            raise typer.Exit(2) from None
+        params = DEFAULT_PARAMS
 
     def body(p: Params, paths: Paths) -> dict[str, Any]:
         _flow_output(debug)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.representer import RoundTripRepresenter
 
 from pipeline.io import write_with
-from pipeline.params import parse_override
+from pipeline.params import ParamsError, parse_override
 
 WIDTH = 1 << 16
 """Never wrap a line (ruamel's default wraps flow lists at 80 columns)."""
@@ -62,3 +63,28 @@ def write_overrides(path: Path, overrides: list[str]) -> list[str]:
         saved.append(f"{key}={text.partition('=')[2].strip()}")
     write_with(path, lambda tmp: yaml.dump(tree, tmp))
     return saved
+
+
+def overrides_from(path: Path) -> list[str]:
+    """Every leaf of the YAML params file ``path`` (a config that sets some keys of params.yaml, such as
+    ``params/ml1m.yaml``) as a ``section.key=value`` override, in file order."""
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    out: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=WIDTH).strip()
+                out.append(f"{prefix}{key}={text.removesuffix('...').strip()}")
+
+    walk(tree, "")
+    return out

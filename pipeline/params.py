@@ -147,14 +147,18 @@ ModelName = Literal[
 
 
 class MeluParams(_Section):
-    """The MeLU protocol (Lee et al., KDD 2019): which users and items take part, which are new."""
+    """MeLU's tasks (Lee et al., KDD 2019): which (user, state) cells take part, and for protocol ``melu``
+    which users and items are new."""
 
+    # a (user, state) cell takes part when it holds min_ratings..max_ratings ratings
     min_ratings: PositiveInt = 13
     max_ratings: PositiveInt = 100
-    # items released in or after this year are new, earlier ones existing
+    query_size: PositiveInt = 10
+    # protocol melu: items released in or after this year are new, earlier ones existing
     new_item_year: int = 1998
     existing_users: Annotated[float, Field(gt=0, lt=1)] = 0.8
-    query_size: PositiveInt = 10
+    # protocol melu: each existing user's rating of an existing item is in warm_up with this probability
+    warm_up: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
     @model_validator(mode="after")
     def _range(self) -> MeluParams:
@@ -164,9 +168,11 @@ class MeluParams(_Section):
 
 
 class EvalParams(_Section):
-    protocol: Literal["kfold", "melu"] = "kfold"
-    # kfold: folds over users and over items; melu: repeats with different seeds
-    folds: Annotated[int, Field(ge=2)] = 5
+    protocol: Literal["kfold", "melu", "melu_split"] = "kfold"
+    # kfold: folds over users and over items (>= 2); melu, melu_split: repeats with new query draws
+    folds: PositiveInt = 5
+    # melu_split: the split file (user_id, item_id, state); null: <data.name>.melu_split.tsv next to the data
+    split_file: str | None = None
     support_size: PositiveInt = 10
     # share of each training user's ratings held out as its warm query set
     warm_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -184,6 +190,8 @@ class EvalParams(_Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> EvalParams:
+        if self.protocol == "kfold" and self.folds < 2:
+            raise ValueError("protocol kfold needs folds >= 2")
         for name in ("shots", "models", "ndcg_ks"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.cv import cross_validate
-from pipeline.evaluation.protocols import melu_folds
+from pipeline.evaluation.protocols import make_folds
 from pipeline.evaluation.splits import Role
 from pipeline.params import load_params
 from tests.eval_fixtures import movielens_feature_set, movielens_item_year
@@ -48,16 +48,16 @@ def test_melu_protocol_on_movielens_100k(data_mirror: Path) -> None:
     fs = movielens_feature_set(data_mirror)
     year = movielens_item_year(data_mirror)
     params = load_params(None, [MODELS, "eval.protocol=melu", "eval.folds=2"])
-    folds = melu_folds(fs.ratings, year, params.eval.melu, 2, params.eval.max_support, params.seed)
-    user = fs.ratings["user_index"]
-    counts = np.bincount(user)
-    taking_part = (counts >= 13) & (counts <= 100)
+    folds = make_folds(params.eval, fs.ratings, fs.n_items, params.seed, year)
+    user, item = fs.ratings["user_index"], fs.ratings["item_index"]
     for fold in folds:
-        assert np.array_equal(fold.roles == Role.UNUSED, ~taking_part[user])
-        assert np.array_equal(fold.new_items, np.flatnonzero(year >= 1998))
-        assert fold.new_users.size == round(0.2 * taking_part.sum())
-        queries = np.bincount(fold.scenarios["new_user"].query["user_index"])
-        assert queries.max() == 10
+        assert set(fold.new_items.tolist()) == set(np.flatnonzero(year >= 1998)) & set(item.tolist())
+        assert fold.new_users.size == round(0.2 * 943)
+        for scenario in fold.scenarios.values():  # every task: a cell of 13..100 ratings, 10 of them query
+            assert set(np.bincount(scenario.query["user_index"]).tolist()) <= {0, 10}
+        unused = fold.roles == Role.UNUSED
+        known = ~np.isin(user, fold.new_users) & ~np.isin(item, fold.new_items)
+        assert unused.any() and not unused[known].any()  # known x known rows train or are warm queries
     cv = cross_validate(params, fs, year).cv
     for scenario in ("warm", "new_user", "new_item", "new_both"):
         models = cv["scenarios"][scenario]

@@ -1,11 +1,12 @@
-"""Roles of the rating rows per fold (kfold and melu protocols), the scenarios and the support-size pools."""
+"""Roles of the rating rows per fold (kfold protocol), the scenarios and the support-size pools (MeLU's
+protocols: tests/test_eval_melu.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.evaluation.protocols import kfold_folds, make_folds, melu_folds
+from pipeline.evaluation.protocols import kfold_folds, make_folds
 from pipeline.evaluation.splits import (
     Fold,
     Role,
@@ -14,7 +15,7 @@ from pipeline.evaluation.splits import (
     support_mask,
     user_folds,
 )
-from pipeline.params import MeluParams, load_params
+from pipeline.params import load_params
 
 
 def _ratings(counts: dict[int, int], n_items: int | None = None, seed: int = 1) -> dict[str, np.ndarray]:
@@ -195,53 +196,6 @@ def test_make_folds_dispatches_on_the_protocol(ratings: dict[str, np.ndarray]) -
     melu = load_params(None, ["eval.protocol=melu"]).eval
     with pytest.raises(ValueError, match="needs the items' release years"):
         make_folds(melu, ratings, N_ITEMS, seed=0)
-
-
-def test_melu_filters_and_splits_by_hand() -> None:
-    # users 0..3 have 12, 13, 100, 101 ratings: only 1 and 2 take part; users 4..13 have 20 each
-    counts = {0: 12, 1: 13, 2: 100, 3: 101} | {u: 20 for u in range(4, 14)}
-    ratings = _ratings(counts, n_items=120, seed=3)
-    year = np.where(np.arange(120) < 90, 1995.0, 1998.0)  # items 90.. are new
-    year[5] = np.nan  # no year: counts as existing
-    melu = MeluParams(min_ratings=13, max_ratings=100, new_item_year=1998, existing_users=0.75, query_size=4)
-    folds = melu_folds(ratings, year, melu, repeats=2, support_cap=5, seed=0)
-    user, item = ratings["user_index"], ratings["item_index"]
-    for fold in folds:
-        assert (fold.roles[np.isin(user, [0, 3])] == Role.UNUSED).all()
-        assert not (fold.roles[~np.isin(user, [0, 3])] == Role.UNUSED).any()
-        assert np.array_equal(fold.new_items, np.arange(90, 120))
-        assert fold.new_users.size == 3  # 12 taking part, 75% existing: 9 known, 3 new
-        assert not np.isin(fold.new_users, [0, 3]).any()
-        for u in (1, 2, *range(4, 14)):
-            for is_new_item, q_role, s_roles in (
-                (False, {Role.WARM_QUERY, Role.NEW_USER_QUERY}, {Role.TRAIN, Role.NEW_USER_SUPPORT}),
-                (
-                    True,
-                    {Role.NEW_ITEM_QUERY, Role.NEW_BOTH_QUERY},
-                    {Role.NEW_ITEM_SUPPORT, Role.NEW_BOTH_SUPPORT},
-                ),
-            ):
-                rows = (user == u) & ((item >= 90) == is_new_item)
-                n = int(rows.sum())
-                n_query = int(np.isin(fold.roles[rows], list(q_role)).sum())
-                assert n_query == (min(4, max(n - 1, 1)) if n else 0)
-                assert int(np.isin(fold.roles[rows], list(s_roles)).sum()) == n - n_query
-        new_item = fold.scenarios["new_item"]
-        assert (new_item.support["item_index"] >= 90).all()  # MeLU: support from the same cell
-        assert np.bincount(fold.scenarios["warm"].support["user_index"]).max() <= 5
-        shots = fold.shots
-        assert _pairs(shots.query) == _pairs(fold.scenarios["new_user"].query)
-        assert _pairs(shots.support(100)) == _pairs(fold.scenarios["new_user"].support)
-    assert not np.array_equal(folds[0].new_users, folds[1].new_users) or not np.array_equal(
-        folds[0].roles, folds[1].roles
-    )
-    # the filter applies to the given counts (the implicit task passes the real ratings per user)
-    counted = np.bincount(user) + np.r_[1, np.zeros(13, int)]  # user 0 counts 13
-    (fold,) = melu_folds(ratings, year, melu, repeats=1, support_cap=5, seed=0, rating_counts=counted)
-    assert not (fold.roles[user == 0] == Role.UNUSED).any()
-
-
-def test_melu_without_years_is_a_clear_error() -> None:
-    ratings = _ratings({0: 20, 1: 20}, n_items=30)
-    with pytest.raises(ValueError, match="needs item release years"):
-        melu_folds(ratings, np.full(30, np.nan), MeluParams(), repeats=2, support_cap=5, seed=0)
+    melu_split = load_params(None, ["eval.protocol=melu_split"]).eval
+    with pytest.raises(ValueError, match="needs the split's states"):
+        make_folds(melu_split, ratings, N_ITEMS, seed=0)

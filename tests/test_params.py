@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.params_file import write_overrides
+from flows.params_file import overrides_from, write_overrides
 from pipeline.params import Params, ParamsError, load_params, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +92,39 @@ def test_write_overrides_changes_only_the_overridden_values(tmp_path: Path) -> N
     assert expected.count("\n") == original.count("\n") and expected != original
     assert f.read_bytes() == expected.encode()
     assert write_overrides(f, ["train.epochs=20", "train.hidden=[128, 64]"]) and f.read_text() == original
+
+
+def test_config_files_set_keys_of_params_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "data: {source: movielens-1m, name: ml-1m}\n"
+        "features: {text_template: '{title}: {extra}'}\n"
+        "eval:\n  protocol: melu_split\n  folds: 1\n  split_file: null\n  models: [linear_bias, meta]\n"
+        "  melu: {max_ratings: 1000}\n"
+    )
+    overrides = overrides_from(config)
+    assert overrides == [
+        "data.source=movielens-1m",
+        "data.name=ml-1m",
+        "features.text_template='{title}: {extra}'",
+        "eval.protocol=melu_split",
+        "eval.folds=1",
+        "eval.split_file=null",
+        "eval.models=[linear_bias, meta]",
+        "eval.melu.max_ratings=1000",
+    ]
+    params = load_params(REPO / "params.yaml", overrides)
+    assert params.features.text_template == "{title}: {extra}"
+    assert (params.eval.protocol, params.eval.folds, params.eval.models) == (
+        "melu_split",
+        1,
+        ("linear_bias", "meta"),
+    )
+    assert params.eval.melu.max_ratings == 1000 and params.eval.melu.min_ratings == 13  # the rest kept
+    with pytest.raises(ParamsError, match="not found"):
+        overrides_from(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(config: Path) -> None:
+    load_params(REPO / "params.yaml", overrides_from(config))

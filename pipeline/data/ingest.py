@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +16,7 @@ from pipeline.data.schema import TABLES, Tables
 from pipeline.data.source import dataset_name, locate
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.io import atomic_dir
-from pipeline.params import Params
+from pipeline.params import DataParams, Params
 from pipeline.paths import Paths
 
 logger = logging.getLogger(__name__)
@@ -26,11 +26,14 @@ OFFICIAL: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Path, floa
     "movielens-1m": (("ratings.dat", "movies.dat", "users.dat"), (), read_ml1m),
 }
 """source → (files read, files read when present, reader) of the GroupLens layout."""
+SPLIT_SUFFIX = ".melu_split.tsv"
+"""A published MeLU split next to the data, ``<data.name>.melu_split.tsv`` (protocol ``melu_split``)."""
 
 
 @dataclass(frozen=True)
 class RawSource:
-    """The raw files one ingest reads: their folder, layout and names (none for ``synthetic``)."""
+    """The raw files of one dataset: their folder, layout and names (none for ``synthetic``); ingest reads
+    them all but a MeLU split file, which the evaluation reads."""
 
     layout: str
     folder: Path | None
@@ -38,12 +41,19 @@ class RawSource:
 
 
 def resolve_source(params: Params, paths: Paths) -> RawSource:
-    """Which files ``ingest`` will read: the layout found in the folder :func:`locate` gives."""
+    """Which files ``ingest`` will read: the layout found in the folder :func:`locate` gives, plus the
+    dataset's MeLU split file when the folder has one (the evaluation reads it)."""
     data = params.data
     if data.source == "synthetic":
         return RawSource("synthetic", None, ())
-    name = dataset_name(data)
     folder = locate(data, paths)
+    raw = _layout(data, folder)
+    split = f"{dataset_name(data)}{SPLIT_SUFFIX}"
+    return replace(raw, files=(*raw.files, split)) if (folder / split).is_file() else raw
+
+
+def _layout(data: DataParams, folder: Path) -> RawSource:
+    name = dataset_name(data)
     if data.source in OFFICIAL:
         required, optional, _ = OFFICIAL[data.source]
         if (folder / required[0]).is_file():

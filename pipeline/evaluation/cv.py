@@ -17,18 +17,23 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.baselines.base import Objective
+from pipeline.data.errors import DataError
+from pipeline.data.ingest import SPLIT_SUFFIX
+from pipeline.data.source import dataset_name
 from pipeline.evaluation.implicit import implicit_feature_set
 from pipeline.evaluation.models import META_MODELS, build_model
 from pipeline.evaluation.protocols import make_folds
 from pipeline.evaluation.report import headline, scenario_plot_rows, write_report
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import ShotsPerFold, score_shots, shots_plot_rows, shots_summary
+from pipeline.evaluation.split_file import read_split_file
 from pipeline.evaluation.splits import SCENARIO_NAMES, Fold
 from pipeline.evaluation.stats import paired_wilcoxon, summarize
 from pipeline.features.store import FeatureSet, load_feature_set
@@ -235,16 +240,18 @@ def _evaluate_all(
     return results
 
 
-def cross_validate(params: Params, fs: FeatureSet, item_year: np.ndarray | None = None) -> Evaluation:
+def cross_validate(
+    params: Params, fs: FeatureSet, item_year: np.ndarray | None = None, states: np.ndarray | None = None
+) -> Evaluation:
     """Fit every model of ``eval.models`` once per fold of ``eval.protocol``; score the four scenarios and
-    the support-size curve. ``item_year`` (release year per item, NaN if unknown) is needed by ``melu``.
+    the support-size curve. ``melu`` needs ``item_year`` (release year per item, NaN if unknown),
+    ``melu_split`` the split's ``states`` (one per rating row of ``fs``).
 
     Fold f's models are seeded with ``seed + f``: the same data and params give the same result.
     """
     ev = params.eval
     data, scoring, objective = task_data(params, fs)
-    rating_counts = np.bincount(fs.ratings["user_index"], minlength=fs.n_users)
-    folds = make_folds(ev, data.ratings, data.n_items, params.seed, item_year, rating_counts)
+    folds = make_folds(ev, data.ratings, data.n_items, params.seed, item_year, states)
     per_fold: PerFold = {s: {m: {} for m in ev.models} for s in SCENARIO_NAMES}
     user_values: UserValues = {s: {m: {} for m in ev.models} for s in SCENARIO_NAMES}
     shots_per_fold: ShotsPerFold = {m: {k: {} for k in ev.shots} for m in ev.models}
@@ -331,13 +338,28 @@ def read_item_year(paths: Paths, item_ids: list[str]) -> np.ndarray:
     return by_id.reindex(pd.Index(item_ids, dtype=str)).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def split_states(params: Params, paths: Paths, fs: FeatureSet) -> np.ndarray:
+    """The MeLU split's state of every rating of ``fs`` (protocol ``melu_split``): from ``eval.split_file``,
+    else from the split file the ``source`` stage linked next to the data."""
+    if params.task.kind != "explicit":
+        raise ValueError("eval.protocol melu_split scores explicit ratings; set task.kind: explicit")
+    name = f"{dataset_name(params.data)}{SPLIT_SUFFIX}"
+    path = Path(params.eval.split_file) if params.eval.split_file else paths.source / name
+    if params.eval.split_file is None and not path.exists():
+        rule = "protocol melu_split: the data folder has no such file; set eval.split_file"
+        raise DataError(name, None, None, rule)
+    return read_split_file(path, fs.ratings, fs.vocab["user_ids"], fs.vocab["item_ids"])
+
+
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Stage ``evaluate``: cross-validate on ``paths.features``; write ``metrics/cv.json``,
     ``metrics/shots.json``, ``data/evaluation/per_user.json``, ``plots/evaluation/`` and
     ``reports/evaluation/`` atomically; return cv.json."""
     fs = load_feature_set(paths.features)
-    item_year = read_item_year(paths, fs.vocab["item_ids"]) if params.eval.protocol == "melu" else None
-    result = cross_validate(params, fs, item_year)
+    protocol = params.eval.protocol
+    item_year = read_item_year(paths, fs.vocab["item_ids"]) if protocol == "melu" else None
+    states = split_states(params, paths, fs) if protocol == "melu_split" else None
+    result = cross_validate(params, fs, item_year, states)
     write_json(result.cv, paths.cv_metrics)
     write_json(headline(result.cv), paths.headline_metrics)
     write_json(result.shots, paths.shots_metrics)

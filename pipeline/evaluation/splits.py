@@ -51,6 +51,11 @@ def check_ratings(ratings: dict[str, np.ndarray]) -> int:
     return n
 
 
+def spawn_seeds(seed: int, n: int) -> list[int]:
+    """``n`` independent seeds derived from ``seed`` (``np.random.SeedSequence.spawn``)."""
+    return [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(seed).spawn(n)]
+
+
 def select_rows(table: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
     """The rows of a column dict where ``mask`` holds (a boolean mask or an index array)."""
     return {name: np.asarray(col)[mask] for name, col in table.items()}
