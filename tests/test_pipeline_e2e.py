@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.params import load_params
-from tests.project import BIN, REPO, SMOKE, make_project, sh, stages_run
+from tests.project import BIN, REPO, SMOKE, env_with_bin, make_project, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,32 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(
     assert len(answer["items"]) == 5
     assert not set(answer["items"]) & {r["item_id"] for r in rated}
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
+
+    # a broken split file: one line naming file, line and column; the evaluation's outputs stay as they were
+    split = root / "bad.melu_split.tsv"
+    split.write_text(f"user_id\titem_id\tstate\n{vocab['user_ids'][0]}\tno-such-item\tmeta_training\n")
+    before = (root / "metrics" / "cv.json").read_bytes()
+    failed = subprocess.run(
+        [
+            str(BIN / "metarec"),
+            "evaluate",
+            "--set",
+            "eval.protocol=melu_split",
+            "--set",
+            f"eval.split_file={split}",
+        ],
+        cwd=root,
+        env=env_with_bin(),
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[0] == (
+        "metarec evaluate failed: bad.melu_split.tsv line 2, column item_id: unknown item 'no-such-item': "
+        "not in the data"
+    )
+    assert "Traceback" not in failed.stderr
+    assert (root / "metrics" / "cv.json").read_bytes() == before
 
 
 def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
