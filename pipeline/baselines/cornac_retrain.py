@@ -3,8 +3,9 @@ rows plus every support row given: the transductive "just retrain" reference, a 
 one here wrote.
 
 It is NOT a per-request model: one predict call retrains on the support sets of all the users in that
-call at once, so each user's scores also draw on the other users' supports (the evaluation passes one
-call per chunk of users, ``pipeline.evaluation.scenarios.predict_by_user``). Report it in its own column.
+call at once, so each user's scores also draw on the other users' supports (the evaluation makes one
+call per scenario group, split into chunks of users when the candidate rows are many:
+``pipeline.evaluation.scenarios.predict_by_user``). Report it in its own column.
 
 ``fit`` only keeps the training rows. ``predict`` drops the support rows that repeat a training row, and
 trains Cornac's ``MF`` (``k`` factors, ``max_iter`` epochs, ``learning_rate``, ``lambda_reg``, ``use_bias``,
