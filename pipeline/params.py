@@ -138,6 +138,8 @@ ModelName = Literal[
     "linear_bias",
     "mf_foldin",
     "item_knn",
+    "content",
+    "cornac_retrain",
     "lightgbm",
     "lightgbm_rank",
     "finetune",

@@ -15,6 +15,8 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.baselines.base import ColdStartModel, Objective, check_rows
+from pipeline.baselines.content import ContentModel
+from pipeline.baselines.cornac_retrain import CornacRetrain
 from pipeline.baselines.global_mean import GlobalMean
 from pipeline.baselines.item_knn import ItemKNN
 from pipeline.baselines.lightgbm_model import (
@@ -51,6 +53,8 @@ def make(name: str, objective: Objective | Literal["lambdarank"] = "regression")
         "linear_bias": LinearBias,
         "mf_foldin": MFFoldIn,
         "item_knn": ItemKNN,
+        "content": ContentModel,
+        "cornac_retrain": CornacRetrain,
     }
     return classes[name](objective)
 
@@ -93,6 +97,10 @@ def test_every_model_follows_the_protocol_and_says_whether_it_predicts_ratings()
         ("mf_foldin", "binary"): False,
         ("item_knn", "regression"): True,
         ("item_knn", "binary"): False,
+        ("content", "regression"): True,
+        ("content", "binary"): False,
+        ("cornac_retrain", "regression"): True,
+        ("cornac_retrain", "binary"): False,
         ("lightgbm", "regression"): True,
         ("lightgbm", "binary"): False,
         ("lightgbm_rank", "lambdarank"): False,
@@ -278,14 +286,24 @@ def test_text_pca_matches_scikit_learn_up_to_sign() -> None:
         assert np.abs(got[:, c]).tolist() == pytest.approx(np.abs(want[:, c]).tolist(), abs=1e-8)
 
 
-@pytest.mark.parametrize("name", ["popularity", "linear_bias", "mf_foldin", "item_knn", "lightgbm"])
+@pytest.mark.parametrize(
+    "name", ["popularity", "linear_bias", "mf_foldin", "item_knn", "content", "cornac_retrain", "lightgbm"]
+)
 def test_baselines_beat_global_mean_on_new_users(planted, new_users: Case, name: str) -> None:
     fs, _ = planted
     floor = mae(new_users.y_true, fit_predict(make("global_mean"), fs, new_users))
     got = mae(new_users.y_true, fit_predict(make(name), fs, new_users))
     assert (
         got
-        < {"popularity": 0.85, "linear_bias": 0.7, "mf_foldin": 0.7, "item_knn": 0.75, "lightgbm": 0.7}[name]
+        < {
+            "popularity": 0.85,
+            "linear_bias": 0.7,
+            "mf_foldin": 0.7,
+            "item_knn": 0.75,
+            "content": 0.7,
+            "cornac_retrain": 0.7,
+            "lightgbm": 0.7,
+        }[name]
         * floor
     )
 
@@ -354,7 +372,9 @@ def test_lightgbm_uses_what_it_learned_about_known_users(planted) -> None:
     assert known < 0.8 * mae(case.y_true, model.predict(fs, {}, case.query))
 
 
-@pytest.mark.parametrize("name", ["linear_bias", "mf_foldin", "item_knn", "lightgbm"])
+@pytest.mark.parametrize(
+    "name", ["linear_bias", "mf_foldin", "item_knn", "content", "cornac_retrain", "lightgbm"]
+)
 def test_support_rows_that_repeat_training_rows_count_once(planted, name: str) -> None:
     """The engine may pass a known user's training rows as its support (warm): they must change nothing."""
     fs, _ = planted

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from pipeline.baselines.base import ColdStartModel, Objective
+from pipeline.baselines.content import ContentModel
+from pipeline.baselines.cornac_retrain import CornacRetrain
 from pipeline.baselines.global_mean import GlobalMean
 from pipeline.baselines.item_knn import ItemKNN
 from pipeline.baselines.lightgbm_model import LightGBMModel
@@ -51,6 +53,10 @@ def build_model(
         return MFFoldIn(objective, seed=seed)
     if name == "item_knn":
         return ItemKNN(objective)
+    if name == "content":
+        return ContentModel(objective)
+    if name == "cornac_retrain":
+        return CornacRetrain(objective, seed=seed)
     if name == "lightgbm":
         return LightGBMModel(params.eval.support_size, seed, objective=objective, num_threads=threads)
     if name == "lightgbm_rank":
