@@ -24,7 +24,7 @@ from prefect.states import State
 from flows.errors import ERROR_FILE_ENV, TRANSIENT_EXIT, StageFailed, is_transient, read_report
 from flows.params_file import write_overrides
 from pipeline.io import read_json
-from pipeline.params import load_params
+from pipeline.params import ParamsError, load_params, tuned_conflicts
 from pipeline.paths import Paths
 
 STAGES = ("source", "ingest", "validate", "features", "train", "evaluate", "register")
@@ -110,7 +110,13 @@ def retrain(params_file: str = "params.yaml", overrides: list[str] | None = None
     base = Path(root).resolve()
     paths = Paths(base)
     params_path = base / params_file
-    load_params(params_path, overrides or [])  # reject bad params before any work starts
+    params = load_params(params_path, overrides or [])  # reject bad params before any work starts
+    shadowed = tuned_conflicts(params_path, overrides or [])
+    if shadowed:
+        raise ParamsError(
+            f"--set {', '.join(shadowed)}: {params.tuned} sets these and wins over {params_file}; "
+            f"change them there, or add --set tuned=null"
+        )
     if overrides:
         saved = write_overrides(params_path, overrides)
         get_run_logger().info("saved %d override(s) to %s: %s", len(saved), params_file, ", ".join(saved))

@@ -15,8 +15,13 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.paths import Paths
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+TUNED_FILE = "params/tuned.yaml"
+TUNED_SECTIONS = ("models", "train")
+"""The sections a tuned-params file may set."""
 
 
 class ParamsError(ValueError):
@@ -211,6 +216,104 @@ class TaskParams(_Section):
     negatives: Annotated[int, Field(ge=0)] = 4
 
 
+class PopularityParams(_Section):
+    # pseudo-ratings at the global mean added to each item's ratings
+    damping: PositiveFloat = 10.0
+
+
+class LinearBiasParams(_Section):
+    l2_user: Annotated[float, Field(ge=0)] = 5.0
+    l2_item: Annotated[float, Field(ge=0)] = 10.0
+    iterations: PositiveInt = 400
+    learning_rate: PositiveFloat = 0.1
+
+
+class MFFoldInParams(_Section):
+    factors: PositiveInt = 16
+    ridge: PositiveFloat = 10.0
+    sweeps: PositiveInt = 12
+    init_scale: Annotated[float, Field(ge=0)] = 0.1
+
+
+class ItemKNNParams(_Section):
+    k: PositiveInt = 40
+    shrink: Annotated[float, Field(ge=0)] = 100.0
+    l2_user: Annotated[float, Field(ge=0)] = 5.0
+    l2_item: Annotated[float, Field(ge=0)] = 10.0
+
+
+class ContentParams(_Section):
+    l2_user: Annotated[float, Field(ge=0)] = 5.0
+    l2_item: Annotated[float, Field(ge=0)] = 10.0
+    sweeps: PositiveInt = 10
+    text_taste: bool = True
+    taste_ridge: PositiveFloat = 3.0
+    item_text_bias: bool = False
+    item_ridge: PositiveFloat = 10.0
+
+
+class CornacRetrainParams(_Section):
+    k: PositiveInt = 16
+    max_iter: PositiveInt = 40
+    learning_rate: PositiveFloat = 0.01
+    lambda_reg: Annotated[float, Field(ge=0)] = 0.05
+    use_bias: bool = True
+
+
+class LightGBMParams(_Section):
+    n_estimators: PositiveInt = 200
+    learning_rate: PositiveFloat = 0.05
+    num_leaves: Annotated[int, Field(ge=2)] = 31
+    min_child_samples: PositiveInt = 100
+    text_components: Annotated[int, Field(ge=0)] = 8
+    item_shrinkage: Annotated[float, Field(ge=0)] = 10.0
+    user_shrinkage: Annotated[float, Field(ge=0)] = 5.0
+    stat_folds: Annotated[int, Field(ge=2)] = 5
+    new_item_share: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class ModelsParams(_Section):
+    """The baselines' hyperparameters, one section per model (the meta-learner family reads ``train``)."""
+
+    popularity: PopularityParams = PopularityParams()
+    linear_bias: LinearBiasParams = LinearBiasParams()
+    mf_foldin: MFFoldInParams = MFFoldInParams()
+    item_knn: ItemKNNParams = ItemKNNParams()
+    content: ContentParams = ContentParams()
+    cornac_retrain: CornacRetrainParams = CornacRetrainParams()
+    lightgbm: LightGBMParams = LightGBMParams()
+    lightgbm_rank: LightGBMParams = LightGBMParams()
+
+    def of(self, name: str) -> dict[str, Any]:
+        """Model ``name``'s hyperparameters as constructor keywords; ``{}`` for a model without a section."""
+        section = getattr(self, name, None)
+        return section.model_dump() if isinstance(section, BaseModel) else {}
+
+
+class TuneParams(_Section):
+    """``metarec tune``: Optuna search on validation users carved from the training users of the folds."""
+
+    trials: PositiveInt = 20
+    # null: every model of eval.models that has hyperparameters (pipeline/tuning/spaces.py)
+    models: tuple[ModelName, ...] | None = None
+    validation_share: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    sample_users: Annotated[int, Field(ge=0)] = 0
+    epochs_scale: PositiveFloat = 1.0
+    folds: PositiveInt = 1
+    storage: str | None = None
+    study_prefix: str = "metarec"
+    pruner: Literal["median", "none"] = "median"
+    seed: int | None = None
+    metric: Annotated[str, Field(pattern=r"^(auto|mae|rmse|auc|ndcg@[1-9][0-9]*)$")] = "auto"
+    experiment: str = "metarec-tune"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TuneParams:
+        if self.models is not None and (not self.models or len(set(self.models)) != len(self.models)):
+            raise ValueError("models must be null or a non-empty list without repeats")
+        return self
+
+
 class RegisterParams(_Section):
     model_name: str = "metarec"
     experiment: str = "metarec"
@@ -244,6 +347,10 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     task: TaskParams = TaskParams()
+    models: ModelsParams = ModelsParams()
+    tune: TuneParams = TuneParams()
+    # the tuned-params file (``metarec tune``), relative to the params file's folder; null: none
+    tuned: str | None = TUNED_FILE
     # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
     register: RegisterParams = RegisterParams()
     feedback: FeedbackParams = FeedbackParams()
@@ -290,25 +397,91 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _read_mapping(p: Path, what: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{p}: the top level must be a mapping of {what}")
+    return loaded
+
+
+def _merge(tree: dict[str, Any], update: dict[str, Any]) -> None:
+    """Set every leaf of ``update`` in ``tree``, keeping the keys of ``tree`` that ``update`` lacks."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def tuned_file(path: str | Path, tuned: str | None) -> Path | None:
+    """The tuned-params file ``tuned`` names, relative to the folder of the params file ``path``."""
+    return None if not tuned else Paths(Path(path).parent).tuned_params(tuned)
+
+
+def read_tuned(path: Path) -> dict[str, Any]:
+    """The overrides of the tuned-params file ``path`` (``{}`` when it is missing or empty); only the
+    sections :data:`TUNED_SECTIONS` may be set."""
+    if not path.is_file():
+        return {}
+    tree = _read_mapping(path, "sections")
+    for key, value in tree.items():
+        if key not in TUNED_SECTIONS or not isinstance(value, dict):
+            raise ParamsError(
+                f"{path}: '{key}': a tuned-params file holds only the sections {', '.join(TUNED_SECTIONS)}"
+            )
+    return tree
+
+
+def _tuned_overrides(
+    path: str | Path, tree: dict[str, Any], parsed: list[tuple[str, Any]]
+) -> tuple[Path | None, dict[str, Any]]:
+    """The tuned-params file that the params ``tree`` read from ``path`` names (after the overrides
+    ``parsed``), and its overrides."""
+    named = dict(parsed).get("tuned", tree.get("tuned", TUNED_FILE))
+    tuned = tuned_file(path, named if isinstance(named, str) else None)
+    return tuned, read_tuned(tuned) if tuned is not None else {}
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in tree.items():
+        out += _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return out
+
+
+def tuned_conflicts(path: str | Path, overrides: list[str]) -> list[str]:
+    """The keys of ``overrides`` that the tuned-params file of the params file ``path`` also sets: saved
+    into ``path`` (``metarec run --set``) they would lose to it."""
+    p = Path(path)
+    tree = _read_mapping(p, "sections") if p.is_file() else {}
+    parsed = [parse_override(text) for text in overrides]
+    _, update = _tuned_overrides(p, tree, parsed)
+    tuned = _leaves(update)
+    return [key for key, _ in parsed if any(t == key or t.startswith(f"{key}.") for t in tuned)]
+
+
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read ``path`` (missing → defaults), apply overrides, validate."""
+    """Read ``path`` (missing → defaults), apply the tuned-params file it names (``tuned``), then the
+    overrides; validate."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         p = Path(path)
         if p.exists():
             source = str(p)
-            try:
-                loaded = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ParamsError(f"{p}: not valid YAML: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise ParamsError(f"{p}: the top level must be a mapping of sections")
-            tree = loaded
+            tree = _read_mapping(p, "sections")
         elif str(p) != "params.yaml":
             raise ParamsError(f"params file not found: {p}")
-    for text in overrides or []:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides or []]
+    if path is not None:
+        tuned, update = _tuned_overrides(path, tree, parsed)
+        if update:
+            _merge(tree, update)
+            source += f" + {tuned}"
+    for key, value in parsed:
         _set_dotted(tree, key, value)
     if overrides:
         source += " with --set " + " ".join(overrides)

@@ -139,6 +139,25 @@ class Paths:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    # tune
+    @property
+    def tuning(self) -> Path:
+        """Optuna's default study storage (``tune.storage: null``)."""
+        return self.root / "data" / "tuning"
+
+    @property
+    def tuning_db(self) -> Path:
+        return self.tuning / "optuna.db"
+
+    @property
+    def tuning_storage(self) -> str:
+        """The SQLAlchemy URL of :attr:`tuning_db` (absolute: the same from any working directory)."""
+        return f"sqlite:///{self.tuning_db.resolve()}"
+
+    def tuned_params(self, name: str) -> Path:
+        """The tuned-params file ``name`` (the top-level key ``tuned``), relative to the root."""
+        return self.root / name
+
     # register
     @property
     def registration(self) -> Path:

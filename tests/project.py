@@ -41,11 +41,12 @@ def sh(*args: str, cwd: Path) -> str:
 
 
 def make_project(root: Path) -> Path:
-    """A fresh git + DVC repo holding the pipeline definition and the code its stages depend on."""
+    """A fresh git + DVC repo holding the pipeline definition, its params files and the code its stages
+    depend on."""
     root.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, root / name)
-    for folder in ("pipeline", "feedback"):
+    for folder in ("pipeline", "feedback", "params"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     sh("git", "init", "-q", cwd=root)
     sh(str(BIN / "dvc"), "init", "-q", cwd=root)

@@ -107,7 +107,7 @@ def test_dvc_repro_runs_the_stages_and_the_flow_reuses_them(
     # run; that leaves nothing else for git.
     git = ("git", "-c", "user.name=metarec", "-c", "user.email=metarec@example.com")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
-    sh(*git, "add", ".gitignore", ".dvc", "dvc.yaml", "pipeline", "feedback", cwd=root)
+    sh(*git, "add", ".gitignore", ".dvc", "dvc.yaml", "params", "pipeline", "feedback", cwd=root)
     sh(*git, "add", "params.yaml", "dvc.lock", "metrics/", "plots/", cwd=root)
     sh(*git, "commit", "-qm", "first evaluation", cwd=root)
     assert sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root) == ""

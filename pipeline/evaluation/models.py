@@ -35,30 +35,31 @@ def build_model(
     """A fresh, unfitted model called ``name``; ``objective``: ``regression`` (explicit ratings) or
     ``binary`` (implicit 0/1 labels, scores are P(positive)). ``lightgbm_rank`` (lambdarank) and
     ``most_popular`` (rating counts) always rank.
+    Hyperparameters: ``params.models.<name>`` (the meta family: ``params.train``).
     ``threads``: LightGBM's threads (default: its own choice)."""
     if objective not in ("regression", "binary"):
         raise ValueError(f"objective must be 'regression' or 'binary', got {objective!r}")
     if name in META_FAMILY:
         config = params.train.model_dump() | META_FAMILY[name] | {"objective": objective}
         return MetaModel(config, seed=seed, name=name)
+    hyper = params.models.of(name)
     if name == "global_mean":
         return GlobalMean(objective)
     if name == "popularity":
-        return Popularity(objective)
+        return Popularity(objective, **hyper)
     if name == "most_popular":
         return MostPopular(objective)
     if name == "linear_bias":
-        return LinearBias(objective)
+        return LinearBias(objective, **hyper)
     if name == "mf_foldin":
-        return MFFoldIn(objective, seed=seed)
+        return MFFoldIn(objective, seed=seed, **hyper)
     if name == "item_knn":
-        return ItemKNN(objective)
+        return ItemKNN(objective, **hyper)
     if name == "content":
-        return ContentModel(objective)
+        return ContentModel(objective, **hyper)
     if name == "cornac_retrain":
-        return CornacRetrain(objective, seed=seed)
-    if name == "lightgbm":
-        return LightGBMModel(params.eval.support_size, seed, objective=objective, num_threads=threads)
-    if name == "lightgbm_rank":
-        return LightGBMModel(params.eval.support_size, seed, objective="lambdarank", num_threads=threads)
+        return CornacRetrain(objective, seed=seed, **hyper)
+    if name in ("lightgbm", "lightgbm_rank"):
+        booster = objective if name == "lightgbm" else "lambdarank"
+        return LightGBMModel(params.eval.support_size, seed, objective=booster, num_threads=threads, **hyper)
     raise ValueError(f"eval.models: unknown model {name!r}; known: {list(MODEL_NAMES)}")
