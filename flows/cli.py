@@ -161,6 +161,23 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug
 
 
 @app.command()
+def tune(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Search each model's hyperparameters (Optuna) on validation users; write the tuned-params file."""
+    from pipeline.tuning.tune import tune as run_tune
+
+    result = _execute("tune", params, set_, debug, run_tune)
+    for model, best in result["models"].items():
+        values = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["values"].items()
+        )
+        typer.echo(
+            f"{model}: {best['metric']} {best['value']:.4f} (trial {best['trial']} of {best['trials']}, "
+            f"{best['pruned']} pruned, {best['failed']} failed): {values}"
+        )
+    typer.echo(f"tuned values written to {result['tuned']}")
+
+
+@app.command()
 def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Log the run to MLflow, register the model, move the champion alias if it wins."""
     from pipeline.registry.register import register as run_register

@@ -351,15 +351,42 @@ def split_states(params: Params, paths: Paths, fs: FeatureSet) -> np.ndarray:
     return read_split_file(path, fs.ratings, fs.vocab["user_ids"], fs.vocab["item_ids"])
 
 
+def protocol_inputs(
+    params: Params, paths: Paths, fs: FeatureSet
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What ``eval.protocol`` needs besides the ratings: the items' release years (``melu``) and the
+    split's states (``melu_split``); None where the protocol needs nothing."""
+    protocol = params.eval.protocol
+    item_year = read_item_year(paths, fs.vocab["item_ids"]) if protocol == "melu" else None
+    states = split_states(params, paths, fs) if protocol == "melu_split" else None
+    return item_year, states
+
+
+@dataclass(frozen=True)
+class ProtocolFolds:
+    """The folds ``evaluate`` reports, with the feature set the models see (implicit task: 0/1 labels),
+    the scoring and the objective (:func:`task_data`)."""
+
+    data: FeatureSet
+    scoring: Scoring
+    objective: Objective
+    folds: list[Fold]
+
+
+def protocol_folds(params: Params, paths: Paths, fs: FeatureSet) -> ProtocolFolds:
+    """The folds of ``eval.protocol`` on ``fs``, built as :func:`cross_validate` builds them."""
+    item_year, states = protocol_inputs(params, paths, fs)
+    data, scoring, objective = task_data(params, fs)
+    folds = make_folds(params.eval, data.ratings, data.n_items, params.seed, item_year, states)
+    return ProtocolFolds(data, scoring, objective, folds)
+
+
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Stage ``evaluate``: cross-validate on ``paths.features``; write ``metrics/cv.json``,
     ``metrics/shots.json``, ``data/evaluation/per_user.json``, ``plots/evaluation/`` and
     ``reports/evaluation/`` atomically; return cv.json."""
     fs = load_feature_set(paths.features)
-    protocol = params.eval.protocol
-    item_year = read_item_year(paths, fs.vocab["item_ids"]) if protocol == "melu" else None
-    states = split_states(params, paths, fs) if protocol == "melu_split" else None
-    result = cross_validate(params, fs, item_year, states)
+    result = cross_validate(params, fs, *protocol_inputs(params, paths, fs))
     write_json(result.cv, paths.cv_metrics)
     write_json(headline(result.cv), paths.headline_metrics)
     write_json(result.shots, paths.shots_metrics)

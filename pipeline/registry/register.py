@@ -273,7 +273,7 @@ def registered_version(client: MlflowClient, experiment: str, name: str, key: st
     return None
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str, artifacts: Path) -> str:
+def experiment_id(client: MlflowClient, name: str, uri: str, artifacts: Path) -> str:
     """The experiment's id (created if needed). Its artifacts go to ``artifacts`` for a local store; a
     tracking server chooses the place itself (``--artifacts-destination``)."""
     served = urlsplit(uri).scheme in SERVER_SCHEMES
@@ -452,9 +452,9 @@ def _register(
 
     if existing is None:
         with _tracking(uri):
-            experiment_id = _experiment_id(client, cfg.experiment, uri, paths.mlflow_artifacts)
+            experiment = experiment_id(client, cfg.experiment, uri, paths.mlflow_artifacts)
             run_name = f"register-{lineage['params_hash'][:8]}"
-            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            with mlflow.start_run(experiment_id=experiment, run_name=run_name) as run:
                 mlflow.set_tags({**tags, KEY_TAG: key})
                 mlflow.log_params(flatten(params.to_dict()))
                 mlflow.log_metrics({**metrics, **served})
