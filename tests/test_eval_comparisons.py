@@ -16,6 +16,7 @@ from pipeline.evaluation.comparisons import (
     text_ablation,
     user_means,
 )
+from pipeline.evaluation.report import format_table, render_markdown
 from pipeline.evaluation.scenarios import Scoring, query_metrics
 from pipeline.evaluation.stats import bootstrap_ci
 
@@ -167,3 +168,54 @@ def test_text_ablation_by_hand() -> None:
     # (1.0 - 0.8) / 1.0 = 0.2, (1.0 - 0.9) / 1.0 = 0.1; the fold without meta's value is left out
     assert got["new_item"]["per_fold"] == pytest.approx([0.2, 0.1])
     assert got["new_item"]["mean"] == pytest.approx(0.15) and got["new_item"]["metric"] == "mae"
+
+
+def _cv_with_tests() -> dict:
+    agg = {"mean": 0.77, "std": 0.01, "ci95": [0.76, 0.78]}
+    users = {"n_users": 40, "mean_users": 0.771, "ci95_users": [0.75, 0.79]}
+    test = {
+        "metric": "mae",
+        "n_users": 40,
+        "mean_difference": -0.005,
+        "difference_ci95": [-0.009, -0.001],
+        "p_value": 0.0125,
+        "p_holm": 0.025,
+        "alternative": "less",
+        "test": "wilcoxon",
+    }
+    sizes = {"query_rows": [100, 90], "query_users": [20, 20], "support_rows": [80, 80]}
+    return {
+        "protocol": "kfold",
+        "folds": 2,
+        "support_size": 10,
+        "seed": 42,
+        "seeds": 3,
+        "seeded_models": ["lightgbm", "meta"],
+        "task": "explicit",
+        "weighting": "user",
+        "scenarios": {"new_user": {"meta": {"mae": agg | users}, "lightgbm": {"mae": agg | users}}},
+        "tests": {"new_user": {"lightgbm": test, "global_mean": test | {"p_value": None, "p_holm": None}}},
+        "bootstrap": {"resamples": 2000, "unit": "user", "interval": "percentile"},
+        "ablations": {"use_text": {}},
+        "sizes": {"new_user": sizes},
+    }
+
+
+def test_table_and_report_show_each_baseline_s_difference_interval_and_holm_p() -> None:
+    cv = _cv_with_tests()
+    lines = format_table(cv).splitlines()
+    assert lines[0] == (
+        "kfold: 2 folds, task=explicit, support_size=10, seed=42, seeds=3 (lightgbm, meta), weighting=user"
+    )
+    assert lines[-3].startswith("meta - baseline, mae per user")
+    assert "Holm over the 1 tests with a p" in lines[-3]
+    assert lines[-2] == "new_user vs lightgbm: -0.0050 [-0.0090, -0.0010] p=0.0125 p_holm=0.025 (40 users)"
+    assert lines[-1] == "new_user vs global_mean: -0.0050 [-0.0090, -0.0010] p=n/a p_holm=n/a (40 users)"
+    shots = {"metric": "mae", "support_sizes": [0], "models": {}}
+    report = render_markdown(cv, shots)
+    assert "Weighting `user`: every user weighs the same" in report
+    assert "(lightgbm, meta) are fitted with 3 seeds per fold" in report
+    assert "| model | mae | mae (users) |" in report
+    assert "| meta | 0.7700 [0.7600, 0.7800] | 0.7710 [0.7500, 0.7900] |" in report
+    assert "| new_user | lightgbm | -0.0050 [-0.0090, -0.0010] | 40 | 0.0125 | 0.025 |" in report
+    assert "Holm's correction over the 1 (scenario, baseline) tests with a p-value" in report

@@ -48,6 +48,11 @@ def _tests(cv: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(s, b, t) for s, by_baseline in cv.get("tests", {}).items() for b, t in by_baseline.items()]
 
 
+def _family(tests: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """How many tests Holm's correction counts: those with a p-value."""
+    return sum(t["p_value"] is not None for _, _, t in tests)
+
+
 def format_table(cv: dict[str, Any], metrics: tuple[str, ...] | None = None) -> str:
     """The CV metrics as a fixed-width table: one row per scenario and model, ``mean ± std`` over folds per
     metric, then meta against every baseline. ``metrics``: these columns (default: MAE, RMSE, AUC, nDCG,
@@ -76,7 +81,7 @@ def format_table(cv: dict[str, Any], metrics: tuple[str, ...] | None = None) -> 
         first = tests[0][2]
         lines.append(
             f"meta - baseline, {first['metric']} per user, mean [95% bootstrap CI over users]; one-sided "
-            f"{first['test']} ({first['alternative']}); p_holm: Holm over the {len(tests)} tests"
+            f"{first['test']} ({first['alternative']}); p_holm: Holm over the {_family(tests)} tests with a p"
         )
         for scenario, baseline, t in tests:
             lines.append(
@@ -234,11 +239,11 @@ def render_markdown(cv: dict[str, Any], shots: dict[str, Any]) -> str:
             "## Paired tests: meta against every baseline",
             "",
             f"Per user: its {metric} averaged over the seeds and the folds it is scored in. Difference: mean "
-            f"over the users both models were scored on of meta's {metric} minus the baseline's, [95% "
+            f"over the users both models were scored on of meta's {metric} minus the baseline's [95% "
             f"percentile bootstrap interval, {boot.get('resamples', 'n/a')} resamples of the users]. p: "
             f"Wilcoxon signed-rank over those users, one-sided (meta's {metric} is "
-            f"{'lower' if metric == 'mae' else 'higher'}); Holm p: Holm's correction over all "
-            f"{len(tests)} (scenario, baseline) tests.",
+            f"{'lower' if metric == 'mae' else 'higher'}); Holm p: Holm's correction over the "
+            f"{_family(tests)} (scenario, baseline) tests with a p-value.",
             "",
             "| scenario | baseline | meta - baseline [95% CI] | users | p | Holm p |",
             "|---|---|---|---|---|---|",
