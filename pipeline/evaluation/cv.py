@@ -136,6 +136,14 @@ def cross_validate(
                     shots_per_fold[name][k].setdefault(metric, []).append(value)
             timings[name]["fit"] += result.fit_s
             timings[name]["score"] += result.score_s
+    for model, seconds in timings.items():  # the workers' own log lines do not reach the stage's log
+        log.info(
+            "%s: %d fits, %.1fs fitting, %.1fs scoring (summed over fits)",
+            model,
+            len(seconds["fit"]),
+            sum(seconds["fit"]),
+            sum(seconds["score"]),
+        )
     summary = _summaries(per_fold)
     for scenario, models in user_means(user_values, params.seed).items():
         for model, by_metric in models.items():
