@@ -26,7 +26,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from pipeline.evaluation.cv import cross_validate, format_table  # noqa: E402
+from pipeline.evaluation.cv import cross_validate  # noqa: E402
+from pipeline.evaluation.report import format_table  # noqa: E402
 from pipeline.features.store import load_feature_set  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.params import load_params  # noqa: E402

@@ -154,7 +154,7 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: D
 def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Cross-validate every model on the same folds; write metrics/cv.json."""
     from pipeline.evaluation.cv import evaluate as run_evaluate
-    from pipeline.evaluation.cv import format_table
+    from pipeline.evaluation.report import format_table
 
     cv = _execute("evaluate", params, set_, debug, run_evaluate)
     typer.echo(format_table(cv))

@@ -122,7 +122,7 @@ def retrain(params_file: str = "params.yaml", overrides: list[str] | None = None
         get_run_logger().info("saved %d override(s) to %s: %s", len(saved), params_file, ", ".join(saved))
     tails = {stage: run_stage(stage, str(base)) for stage in STAGES}
 
-    from pipeline.evaluation.cv import format_table
+    from pipeline.evaluation.report import format_table
 
     cv = read_json(paths.cv_metrics)
     registration = read_json(paths.registration)

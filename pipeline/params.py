@@ -187,6 +187,8 @@ class EvalParams(_Section):
     max_support: PositiveInt = 50
     shots: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 3, 5, 10, 20)
     models: tuple[ModelName, ...] = get_args(ModelName)  # every model
+    # training seeds per fold for the models whose fit is random (seeded); their results are averaged
+    seeds: PositiveInt = 3
     ndcg_ks: tuple[PositiveInt, ...] = (1, 3, 5)
     top_k: PositiveInt = 10
     # top-k: at most this many seeded random query users per scenario and fold rank their candidates (0: all)

@@ -24,6 +24,7 @@ SMOKE = [
     "train.query_size=5",
     "eval.folds=2",
     "eval.support_size=5",
+    "eval.seeds=1",
 ]
 """Overrides that run the whole pipeline on small synthetic data in about a minute on 2 cores."""
 

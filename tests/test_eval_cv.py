@@ -1,4 +1,4 @@
-"""The evaluate stage: cv.json and shots.json shapes, scoring against brute force, paired tests, files."""
+"""The evaluate stage: cv.json and shots.json shapes, seeds, scoring against brute force, files."""
 
 from __future__ import annotations
 
@@ -13,21 +13,17 @@ import pytest
 from scipy import stats
 
 from pipeline.baselines.base import ColdStartModel
-from pipeline.evaluation.cv import (
-    Evaluation,
-    cross_validate,
-    evaluate,
-    format_table,
-    paired_tests,
-    read_item_year,
-)
-from pipeline.evaluation.metrics import mae, topk_metrics
-from pipeline.evaluation.models import MODEL_NAMES, build_model
-from pipeline.evaluation.protocols import kfold_folds
-from pipeline.evaluation.report import shots_figure
+from pipeline.evaluation.comparisons import BOOTSTRAP_RESAMPLES, bootstrap_seed
+from pipeline.evaluation.cv import Evaluation, cross_validate, evaluate, read_item_year, task_data
+from pipeline.evaluation.jobs import evaluate_model, job_seed
+from pipeline.evaluation.metrics import per_user_mae, topk_metrics
+from pipeline.evaluation.models import MODEL_NAMES, build_model, is_seeded
+from pipeline.evaluation.protocols import kfold_folds, make_folds
+from pipeline.evaluation.report import format_table, shots_figure
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import score_shots
 from pipeline.evaluation.splits import SCENARIO_NAMES
+from pipeline.evaluation.stats import bootstrap_ci, mean_by_user
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.io import read_json
 from pipeline.params import load_params
@@ -36,7 +32,14 @@ from pipeline.registry.gate import evidence
 from tests.eval_fixtures import planted_feature_set
 
 BASELINES = "eval.models=[global_mean, popularity, linear_bias, lightgbm_rank]"
-SMALL = ["eval.folds=3", "eval.support_size=4", "eval.shots=[0, 2, 4]", "eval.workers=1", "seed=9"]
+SMALL = [
+    "eval.folds=3",
+    "eval.support_size=4",
+    "eval.shots=[0, 2, 4]",
+    "eval.workers=1",
+    "eval.seeds=1",
+    "seed=9",
+]
 EXPLICIT_METRICS = [
     "mae",
     "rmse",
@@ -69,10 +72,14 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         "folds",
         "support_size",
         "seed",
+        "seeds",
+        "seeded_models",
         "task",
+        "weighting",
         "scenarios",
         "per_fold",
         "tests",
+        "bootstrap",
         "ablations",
         "sizes",
     }
@@ -83,6 +90,8 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
         9,
         "explicit",
     )
+    assert (cv["seeds"], cv["seeded_models"], cv["weighting"]) == (1, ["lightgbm_rank"], "user")
+    assert cv["bootstrap"] == {"resamples": 2000, "unit": "user", "interval": "percentile"}
     assert list(cv["scenarios"]) == list(SCENARIO_NAMES)
     for scenario, models in cv["scenarios"].items():
         assert list(models) == ["global_mean", "popularity", "linear_bias", "lightgbm_rank"]
@@ -100,6 +109,12 @@ def test_cv_json_has_the_documented_shape(result: Evaluation) -> None:
                 assert agg["mean"] == pytest.approx(np.mean(values))
                 assert agg["std"] == pytest.approx(np.std(values, ddof=1))
                 assert agg["ci95"] == pytest.approx(list(ref))
+                # MAE and RMSE have per-user values: their mean over users and its bootstrap interval
+                users = {"n_users", "mean_users", "ci95_users"}
+                assert set(agg) == {"mean", "std", "ci95", *(users if metric in ("mae", "rmse") else ())}
+                if metric in ("mae", "rmse"):
+                    lo, hi = agg["ci95_users"]
+                    assert lo < agg["mean_users"] < hi and agg["n_users"] > 0
         assert len(cv["sizes"][scenario]["query_rows"]) == 3
     got = cv["scenarios"]["new_user"]
     assert got["linear_bias"]["mae"]["mean"] < got["global_mean"]["mae"]["mean"]
@@ -127,6 +142,46 @@ def test_cross_validate_is_deterministic(fs: FeatureSet, result: Evaluation) -> 
     assert other.cv["per_fold"] != result.cv["per_fold"]
 
 
+def test_seeded_models_are_fitted_once_per_seed_and_averaged_per_fold(fs: FeatureSet) -> None:
+    params = load_params(
+        None,
+        [
+            "eval.models=[global_mean, mf_foldin]",
+            "eval.folds=2",
+            "eval.support_size=4",
+            "eval.shots=[0, 4]",
+            "eval.workers=1",
+            "eval.seeds=2",
+            "seed=5",
+        ],
+    )
+    got = cross_validate(params, fs)
+    cv = got.cv
+    assert (cv["seeds"], cv["seeded_models"]) == (2, ["mf_foldin"])
+    # global_mean's fit is not random: once per fold; mf_foldin twice per fold
+    assert {m: len(t["fit"]) for m, t in got.timings.items()} == {"global_mean": 2, "mf_foldin": 4}
+    assert [job_seed(5, f, s) for f in (0, 1) for s in (0, 1)] == [5, 1005, 6, 1006]
+    # by hand: each (fold, seed) fitted alone, then per fold the mean over the seeds
+    data, scoring, objective = task_data(params, fs)
+    parts = []
+    for fold in make_folds(params.eval, data.ratings, data.n_items, params.seed):
+        runs = [evaluate_model("mf_foldin", params, data, fold, scoring, objective, s) for s in (0, 1)]
+        maes = [r.metrics["new_user"]["mae"] for r in runs]
+        assert maes[0] != maes[1]  # distinct seeds
+        assert cv["per_fold"]["new_user"]["mf_foldin"]["mae"][fold.index] == pytest.approx(np.mean(maes))
+        shots = got.shots["per_fold"]["mf_foldin"]["support_4"]["mae"][fold.index]
+        assert shots == pytest.approx(np.mean([r.shots[4]["mae"] for r in runs]))
+        parts += [r.per_user["new_user"]["mae"] for r in runs]
+    # each user's value: the mean over the seeds and folds; the mean over users and its interval
+    _, values = mean_by_user(parts)
+    agg = cv["scenarios"]["new_user"]["mf_foldin"]["mae"]
+    assert agg["mean_users"] == pytest.approx(values.mean())
+    assert agg["ci95_users"] == pytest.approx(bootstrap_ci(values, BOOTSTRAP_RESAMPLES, bootstrap_seed(5)))
+    # the same data and params give the same cv.json
+    again = cross_validate(params, fs)
+    assert json.dumps(again.cv, sort_keys=True) == json.dumps(cv, sort_keys=True)
+
+
 @pytest.mark.parametrize("topk_users", [0, 7])
 def test_scenario_scores_match_a_brute_force_reference(fs: FeatureSet, topk_users: int) -> None:
     """Query-row metrics equal a direct predict; top-k equals ranking every unseen pool item, user by user,
@@ -143,7 +198,9 @@ def test_scenario_scores_match_a_brute_force_reference(fs: FeatureSet, topk_user
         assert alone.metrics == pytest.approx(got.metrics)
         q = scenario.query
         direct = model.predict(fold_fs, scenario.support, {c: q[c] for c in ("user_index", "item_index")})
-        assert got.metrics["mae"] == pytest.approx(mae(q["rating"], direct))
+        assert got.metrics["mae"] == pytest.approx(
+            np.mean(per_user_mae(q["user_index"], q["rating"], direct)[1])
+        )
         cand_user, cand_item, relevant = [], [], []
         ranked = np.unique(q["user_index"])
         if topk_users:
@@ -174,6 +231,7 @@ class SupportMean:
 
     name = "support_mean"
     predicts_ratings = True
+    seeded = False
 
     def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
         pass
@@ -193,45 +251,17 @@ def test_shots_predict_from_truncated_support_sets(fs: FeatureSet) -> None:
     assert isinstance(model, ColdStartModel)
     got = score_shots(model, fs, fold.shots, (0, 1, 8), SCORING)
     q = fold.shots.query
-    assert got[0].metrics["mae"] == pytest.approx(np.mean(np.abs(q["rating"] - 3.0)))
+    users = np.unique(q["user_index"])
+    at_3 = [np.mean(np.abs(q["rating"][q["user_index"] == u] - 3.0)) for u in users]
+    assert got[0].metrics["mae"] == pytest.approx(np.mean(at_3))  # every user weighs the same
     for k in (1, 8):
         support = fold.shots.support(k)
         expected = []
-        for u, r in zip(q["user_index"], q["rating"], strict=True):
+        for u in users:
             mine = support["rating"][support["user_index"] == u]
-            expected.append(abs(r - (mine.mean() if mine.size else 3.0)))
+            errors = np.abs(q["rating"][q["user_index"] == u] - (mine.mean() if mine.size else 3.0))
+            expected.append(errors.mean())
         assert got[k].metrics["mae"] == pytest.approx(np.mean(expected))
-
-
-def test_paired_tests_pick_the_best_baseline_by_hand() -> None:
-    summary = {
-        "new_user": {
-            "meta": {"mae": {"mean": 0.70}},
-            "meta_no_text": {"mae": {"mean": 0.60}},  # not a baseline, even when better
-            "linear_bias": {"mae": {"mean": 0.75}},
-            "global_mean": {"mae": {"mean": 0.90}},
-            "lightgbm_rank": {"ndcg@3": {"mean": 0.8}},  # no MAE: not a candidate
-        }
-    }
-    rng = np.random.default_rng(0)
-    users = np.arange(20)
-    meta = rng.normal(0.7, 0.1, 20)
-    linear = meta + rng.normal(0.05, 0.05, 20)
-    values = {
-        "new_user": {
-            "meta": {"mae": [(users[:10], meta[:10]), (users[10:], meta[10:])]},
-            "linear_bias": {"mae": [(users[10:], linear[10:]), (users[:10], linear[:10])]},
-            "global_mean": {"mae": [(users, meta + 1)]},
-        }
-    }
-    (test,) = paired_tests(summary, values, SCORING).values()
-    assert (test["model"], test["against"], test["metric"], test["n_users"]) == (
-        "meta",
-        "linear_bias",
-        "mae",
-        20,
-    )
-    assert test["p_value"] == pytest.approx(stats.wilcoxon(meta, linear, alternative="less").pvalue)
 
 
 def test_evaluate_writes_metrics_plots_and_report(tmp_path: Path, fs: FeatureSet) -> None:
@@ -293,7 +323,9 @@ def test_shots_figure_ticks_the_support_sizes_and_keeps_the_legend_off_the_curve
 def test_format_table_shows_every_model_and_metric(result: Evaluation) -> None:
     table = format_table(result.cv, ("mae", "ndcg@3"))
     lines = table.splitlines()
-    assert lines[0] == "kfold: 3 folds, task=explicit, support_size=4, seed=9"
+    assert lines[0] == (
+        "kfold: 3 folds, task=explicit, support_size=4, seed=9, seeds=1 (lightgbm_rank), weighting=user"
+    )
     assert lines[1].split() == ["scenario", "model", "mae", "ndcg@3"]
     lb = result.cv["scenarios"]["warm"]["linear_bias"]["mae"]
     assert f"{lb['mean']:.4f} ± {lb['std']:.4f}" in next(line for line in lines if "linear_bias" in line)
@@ -309,12 +341,25 @@ def test_build_model_knows_every_name_and_objective() -> None:
         assert isinstance(model, ColdStartModel)
         assert model.name == name
         assert model.predicts_ratings == (name not in ("lightgbm_rank", "most_popular"))
+        assert model.seeded == is_seeded(name)
         assert not build_model(name, params, seed=0, objective="binary").predicts_ratings
     meta_no_text = build_model("meta_no_text", params, seed=0, objective="binary")
     assert meta_no_text.config["use_text"] is False and meta_no_text.config["objective"] == "binary"  # type: ignore[attr-defined]
     assert build_model("finetune", params, seed=0).config["algorithm"] == "joint"  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build_model("svd", params, seed=0)
+    random_fits = {
+        "meta",
+        "meta_no_text",
+        "finetune",
+        "mf_foldin",
+        "cornac_retrain",
+        "lightgbm",
+        "lightgbm_rank",
+    }
+    assert {name for name in MODEL_NAMES if is_seeded(name)} == random_fits
+    with pytest.raises(ValueError, match="unknown model 'svd'"):
+        is_seeded("svd")
 
 
 def test_the_implicit_task_scores_auc_and_top_k(fs: FeatureSet) -> None:
@@ -355,12 +400,14 @@ def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> N
         "train.hidden=[16]",
         "train.embedding_dim=8",
         "train.device=cpu",
+        "eval.seeds=2",
     ]
     first = cross_validate(load_params(None, [*overrides, "eval.workers=1"]), with_tasks)
     cv: dict[str, Any] = first.cv
+    assert cv["seeded_models"] == ["finetune", "meta", "meta_no_text"]
     assert set(cv["tests"]) == set(SCENARIO_NAMES)
-    assert all(t["against"] in ("linear_bias", "finetune") for t in cv["tests"].values())
-    assert 0 <= cv["tests"]["new_user"]["p_value"] <= 1
+    assert all(list(t) == ["linear_bias", "finetune"] for t in cv["tests"].values())  # every baseline
+    assert 0 <= cv["tests"]["new_user"]["linear_bias"]["p_holm"] <= 1
     assert set(cv["ablations"]["use_text"]) == set(SCENARIO_NAMES)
     per_user = first.per_user["new_user"]["meta"]["mae"]
     assert set(per_user) == {fs.vocab["user_ids"][u] for u in np.unique(fs.ratings["user_index"])}
@@ -382,4 +429,5 @@ def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> N
                     assert (a is None) == (b is None), (scenario, model, metric)
                     assert a is None or a == pytest.approx(b, rel=1e-5, abs=1e-9), (scenario, model, metric)
     assert second.cv["tests"].keys() == cv["tests"].keys()
-    assert {m: len(t["fit"]) for m, t in second.timings.items()} == dict.fromkeys(second.timings, 2)
+    fits = {m: len(t["fit"]) for m, t in second.timings.items()}
+    assert fits == {"linear_bias": 2, "finetune": 4, "meta": 4, "meta_no_text": 4}

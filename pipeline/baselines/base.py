@@ -28,10 +28,15 @@ class ColdStartModel(Protocol):
 
     ``predicts_ratings`` is True when the scores estimate the ``rating`` column on its own scale, so MAE
     and RMSE apply; False for ranking scores and for probabilities of 0/1 labels.
+
+    ``seeded`` (a class attribute) is True when ``fit`` draws random numbers from the seed the model was
+    built with (initialisation, sampling, shuffling), so its scores vary with the seed: the evaluation
+    fits it ``eval.seeds`` times per fold and averages; a deterministic fit (False) runs once per fold.
     """
 
     name: str
     predicts_ratings: bool
+    seeded: bool
 
     def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None: ...
 

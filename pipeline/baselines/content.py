@@ -44,6 +44,7 @@ class ContentModel:
     """Damped biases plus a per-user ridge text taste; new items' biases optionally from their content."""
 
     name = "content"
+    seeded = False
 
     def __init__(
         self,

@@ -76,6 +76,7 @@ class CornacRetrain:
     """Cornac's MF retrained with every query user's support rows (transductive; module docstring)."""
 
     name = "cornac_retrain"
+    seeded = True
 
     def __init__(
         self,

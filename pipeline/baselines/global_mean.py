@@ -13,6 +13,7 @@ class GlobalMean:
     support set."""
 
     name = "global_mean"
+    seeded = False
 
     def __init__(self, objective: Objective = "regression") -> None:
         self.objective = check_objective(objective)

@@ -47,6 +47,7 @@ class ItemKNN:
     """Item-item k-nearest-neighbour residual model on a bias baseline (module docstring)."""
 
     name = "item_knn"
+    seeded = False
 
     def __init__(
         self,

@@ -105,6 +105,8 @@ def default_threads() -> int:
 class LightGBMModel:
     """LightGBM (regression, binary or lambdarank) on user/item/evidence features; seeded, deterministic."""
 
+    seeded = True
+
     def __init__(
         self,
         support_size: int,

@@ -75,6 +75,7 @@ class LinearBias:
     """θ0 + θu + θi fitted by full-batch Adam; θu refitted at predict from each user's rows."""
 
     name = "linear_bias"
+    seeded = False
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class MFFoldIn:
     """Biased matrix factorisation by ALS; query users folded in from their ratings by ridge regression."""
 
     name = "mf_foldin"
+    seeded = True
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ class MostPopular:
     """Scores items by their training rating count (binary: positive-label count); ignores the support set."""
 
     name = "most_popular"
+    seeded = False
     predicts_ratings = False
 
     def __init__(self, objective: Objective = "regression") -> None:

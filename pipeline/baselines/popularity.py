@@ -18,6 +18,7 @@ class Popularity:
     """The classic popularity baseline for rating prediction: damped item means; ignores the support set."""
 
     name = "popularity"
+    seeded = False
 
     def __init__(self, objective: Objective = "regression", damping: float = 10.0) -> None:
         if damping <= 0:

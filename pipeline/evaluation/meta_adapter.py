@@ -92,6 +92,8 @@ def training_tasks(
 class MetaModel:
     """Trains a fresh meta-learner on the training rows; adapts it to each query user's support set."""
 
+    seeded = True
+
     def __init__(
         self,
         config: dict[str, Any],

@@ -27,6 +27,27 @@ META_FAMILY: dict[str, dict[str, Any]] = {
 META_MODELS = ("meta", "meta_no_text")
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 """Every model ``eval.models`` can name: the one list, the params model's ``ModelName``."""
+MODEL_CLASSES: dict[str, type[ColdStartModel]] = {
+    **dict.fromkeys(META_FAMILY, MetaModel),
+    "global_mean": GlobalMean,
+    "popularity": Popularity,
+    "most_popular": MostPopular,
+    "linear_bias": LinearBias,
+    "mf_foldin": MFFoldIn,
+    "item_knn": ItemKNN,
+    "content": ContentModel,
+    "cornac_retrain": CornacRetrain,
+    "lightgbm": LightGBMModel,
+    "lightgbm_rank": LightGBMModel,
+}
+
+
+def is_seeded(name: str) -> bool:
+    """Whether model ``name``'s fit is random (its class's ``seeded``): the evaluation fits it
+    ``eval.seeds`` times per fold."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"eval.models: unknown model {name!r}; known: {list(MODEL_NAMES)}")
+    return bool(MODEL_CLASSES[name].seeded)
 
 
 def build_model(

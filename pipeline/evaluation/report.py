@@ -1,4 +1,5 @@
-"""The evaluation's human-readable outputs: ``report.md`` with PNG figures, and the DVC plot data."""
+"""The evaluation's human-readable outputs: the table the CLI prints, ``report.md`` with PNG figures, and
+the DVC plot data."""
 
 from __future__ import annotations
 
@@ -14,10 +15,80 @@ META_MODEL = "meta"
 """Drawn on top in the support-size figure."""
 SCENARIOS_PNG = "scenarios.png"
 SHOTS_PNG = "shots.png"
+TABLE_METRICS = ("mae", "rmse", "auc", "ndcg@", "recall@", "hr@")
 
 
 def _metric_of(cv: dict[str, Any]) -> str:
     return "auc" if cv["task"] == "implicit" else "mae"
+
+
+def _seeds_note(cv: dict[str, Any]) -> str:
+    seeded = cv.get("seeded_models", [])
+    return f"seeds={cv.get('seeds', 1)} ({', '.join(seeded) if seeded else 'no seeded model'})"
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _interval(values: list[float] | None, signed: bool = True) -> str:
+    if values is None:
+        return "n/a"
+    spec = "+.4f" if signed else ".4f"
+    return f"[{values[0]:{spec}}, {values[1]:{spec}}]"
+
+
+def _difference(t: dict[str, Any]) -> str:
+    """One entry of ``cv["tests"]``: the mean difference and its interval, ``-0.0050 [-0.0090, -0.0010]``."""
+    diff = "n/a" if t["mean_difference"] is None else f"{t['mean_difference']:+.4f}"
+    return f"{diff} {_interval(t['difference_ci95'])}"
+
+
+def _tests(cv: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(s, b, t) for s, by_baseline in cv.get("tests", {}).items() for b, t in by_baseline.items()]
+
+
+def _family(tests: list[tuple[str, str, dict[str, Any]]]) -> int:
+    """How many tests Holm's correction counts: those with a p-value."""
+    return sum(t["p_value"] is not None for _, _, t in tests)
+
+
+def format_table(cv: dict[str, Any], metrics: tuple[str, ...] | None = None) -> str:
+    """The CV metrics as a fixed-width table: one row per scenario and model, ``mean ± std`` over folds per
+    metric, then meta against every baseline. ``metrics``: these columns (default: MAE, RMSE, AUC, nDCG,
+    recall and HR; the report has them all)."""
+    header = (
+        f"{cv['protocol']}: {cv['folds']} folds, task={cv.get('task', 'explicit')}, "
+        f"support_size={cv['support_size']}, seed={cv['seed']}, {_seeds_note(cv)}, "
+        f"weighting={cv.get('weighting', 'rows')}"
+    )
+    rows = [
+        (scenario, model, values)
+        for scenario, models in cv["scenarios"].items()
+        for model, values in models.items()
+    ]
+    present = dict.fromkeys(m for _, _, values in rows for m in values)
+    names = list(metrics or (m for m in present if m.startswith(TABLE_METRICS)))
+    cells = [["scenario", "model", *names]]
+    for scenario, model, values in rows:
+        shown = [f"{values[n]['mean']:.4f} ± {values[n]['std']:.4f}" if n in values else "" for n in names]
+        cells.append([scenario, model, *shown])
+    widths = [max(len(row[c]) for row in cells) for c in range(len(cells[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    tests = _tests(cv)
+    if tests:
+        first = tests[0][2]
+        lines.append(
+            f"meta - baseline, {first['metric']} per user, mean [95% bootstrap CI over users]; one-sided "
+            f"{first['test']} ({first['alternative']}); p_holm: Holm over the {_family(tests)} tests with a p"
+        )
+        for scenario, baseline, t in tests:
+            lines.append(
+                f"{scenario} vs {baseline}: {_difference(t)} p={_p(t['p_value'])} "
+                f"p_holm={_p(t['p_holm'])} ({t['n_users']} users)"
+            )
+    return "\n".join([header, *lines])
 
 
 def headline(cv: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -111,25 +182,41 @@ def _cell(agg: dict[str, Any] | None) -> str:
     return f"{agg['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def _p(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+def _users_cell(agg: dict[str, Any] | None) -> str:
+    if agg is None or "mean_users" not in agg:
+        return ""
+    return f"{agg['mean_users']:.4f} {_interval(agg['ci95_users'], signed=False)}"
 
 
 def render_markdown(cv: dict[str, Any], shots: dict[str, Any]) -> str:
-    """The report: setup, one table per scenario (mean and 95% t-interval over folds), the paired tests,
-    the text ablation, the support-size curve, the figures."""
+    """The report: setup, one table per scenario (mean and 95% t-interval over folds, and the primary
+    metric's mean over users with its bootstrap interval), meta against every baseline, the text ablation,
+    the support-size curve, the figures."""
     metric = _metric_of(cv)
+    seeded = cv.get("seeded_models", [])
+    seeds = (
+        f"The models whose fit is random ({', '.join(seeded)}) are fitted with {cv.get('seeds', 1)} "
+        "seeds per fold and averaged per fold. "
+        if seeded
+        else ""
+    )
     lines = [
         "# Evaluation report",
         "",
         f"Protocol `{cv['protocol']}`, {cv['folds']} folds, task `{cv['task']}`, support size "
-        f"{cv['support_size']}, seed {cv['seed']}. Each cell: mean over folds [95% t-interval].",
+        f"{cv['support_size']}, seed {cv['seed']}. {seeds}Weighting `{cv.get('weighting', 'rows')}`: "
+        "every user weighs the same, whatever its number of query rows (MAE and RMSE are the mean over "
+        "users of each user's MAE and RMSE, like nDCG, AUC and the top-k metrics). Each cell: mean over "
+        f"folds [95% t-interval]; `{metric} (users)`: mean over users of each user's value (averaged over "
+        "the seeds and the folds it is scored in) [95% bootstrap interval over users].",
     ]
     for scenario in SCENARIO_NAMES:
         models = cv["scenarios"].get(scenario, {})
         if not models:
             continue
         names = list(dict.fromkeys(m for metrics in models.values() for m in metrics))
+        over_users = any("mean_users" in m.get(metric, {}) for m in models.values())
+        columns = [*names, f"{metric} (users)"] if over_users else names
         sizes = cv["sizes"][scenario]
         lines += [
             "",
@@ -137,26 +224,33 @@ def render_markdown(cv: dict[str, Any], shots: dict[str, Any]) -> str:
             "",
             f"{sum(sizes['query_rows'])} query rows of {sum(sizes['query_users'])} user-folds.",
             "",
-            "| model | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
+            "| model | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
         ]
         for model, metrics in models.items():
-            lines.append(f"| {model} | " + " | ".join(_cell(metrics.get(n)) for n in names) + " |")
-    if cv["tests"]:
+            row = [_cell(metrics.get(n)) for n in names]
+            row += [_users_cell(metrics.get(metric))] if over_users else []
+            lines.append(f"| {model} | " + " | ".join(row) + " |")
+    tests = _tests(cv)
+    if tests:
+        boot = cv.get("bootstrap", {})
         lines += [
             "",
-            "## Paired tests: meta against the best baseline",
+            "## Paired tests: meta against every baseline",
             "",
-            "Wilcoxon signed-rank over users (per-user value: mean over the folds the user is scored in), "
-            f"one-sided: meta's {metric} is {'lower' if metric == 'mae' else 'higher'}.",
+            f"Per user: its {metric} averaged over the seeds and the folds it is scored in. Difference: mean "
+            f"over the users both models were scored on of meta's {metric} minus the baseline's [95% "
+            f"percentile bootstrap interval, {boot.get('resamples', 'n/a')} resamples of the users]. p: "
+            f"Wilcoxon signed-rank over those users, one-sided (meta's {metric} is "
+            f"{'lower' if metric == 'mae' else 'higher'}); Holm p: Holm's correction over the "
+            f"{_family(tests)} (scenario, baseline) tests with a p-value.",
             "",
-            "| scenario | metric | best baseline | mean difference (meta - baseline) | users | p |",
+            "| scenario | baseline | meta - baseline [95% CI] | users | p | Holm p |",
             "|---|---|---|---|---|---|",
         ]
-        for scenario, t in cv["tests"].items():
-            diff = "n/a" if t["mean_difference"] is None else f"{t['mean_difference']:+.4f}"
-            cells = [scenario, t["metric"], t["against"], diff, str(t["n_users"]), _p(t["p_value"])]
-            lines.append("| " + " | ".join(cells) + " |")
+        for scenario, baseline, t in tests:
+            row = [scenario, baseline, _difference(t), str(t["n_users"]), _p(t["p_value"]), _p(t["p_holm"])]
+            lines.append("| " + " | ".join(row) + " |")
     ablation = cv.get("ablations", {}).get("use_text", {})
     if ablation:
         lines += [

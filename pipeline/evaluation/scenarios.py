@@ -1,7 +1,8 @@
 """Scoring one fitted model on one scenario of one fold.
 
 Rating and ranking metrics use the query rows: MAE and RMSE (models whose scores are ratings), graded
-nDCG@k of each user's query items, and for the implicit task the per-user AUC of labels against scores.
+nDCG@k of each user's query items, and for the implicit task the per-user AUC of labels against scores;
+each is a mean over users, every user weighing the same.
 Top-k metrics rank, for each ranked query user (all, or a seeded sample: ``eval.topk_users``), every
 candidate item of the scenario's pool the user has not rated in training or support; the relevant items
 are its query items rated ``>= relevance`` (labelled 1). The model scores the candidates and the other
@@ -19,13 +20,11 @@ import numpy as np
 from pipeline.baselines.base import ColdStartModel
 from pipeline.evaluation.metrics import (
     auc,
-    mae,
     ndcg_at_k,
     per_user_auc,
     per_user_mae,
     per_user_rmse,
     relevant_rows,
-    rmse,
     topk_metrics,
     unseen_candidates,
 )
@@ -33,6 +32,8 @@ from pipeline.evaluation.splits import Scenario, rows_of_users
 from pipeline.features.store import FeatureSet
 
 CANDIDATE_ROWS = 1 << 18  # candidate rows per predict call
+WEIGHTING = "user"
+"""How a scenario's metrics weigh the query rows: every user the same, whatever its number of rows."""
 PerUser = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -72,7 +73,12 @@ def _has_both_classes(user: np.ndarray, label: np.ndarray) -> bool:
 def query_metrics(
     user: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, scoring: Scoring, predicts_ratings: bool
 ) -> ScenarioResult:
-    """The metrics of the query rows alone (no candidates); empty query rows give every metric None."""
+    """The metrics of the query rows alone (no candidates); empty query rows give every metric None.
+
+    Every user weighs the same (``WEIGHTING``): MAE is the mean over users of each user's MAE, RMSE the
+    mean over users of each user's RMSE, as nDCG and AUC are means over users; the per-user values are
+    those the paired tests compare.
+    """
     names = (["mae", "rmse"] if predicts_ratings else []) + (["auc"] if scoring.implicit else [])
     names += [f"ndcg@{k}" for k in scoring.ndcg_ks]
     metrics: dict[str, float | None] = dict.fromkeys(names)
@@ -80,9 +86,10 @@ def query_metrics(
     if y_true.size == 0:
         return ScenarioResult(metrics, per_user)
     if predicts_ratings:
-        metrics["mae"], metrics["rmse"] = mae(y_true, y_pred), rmse(y_true, y_pred)
         per_user["mae"] = per_user_mae(user, y_true, y_pred)
         per_user["rmse"] = per_user_rmse(user, y_true, y_pred)
+        metrics["mae"] = float(np.mean(per_user["mae"][1]))
+        metrics["rmse"] = float(np.mean(per_user["rmse"][1]))
     if scoring.implicit and _has_both_classes(user, y_true):
         metrics["auc"] = auc(user, y_true, y_pred)
         per_user["auc"] = per_user_auc(user, y_true, y_pred)

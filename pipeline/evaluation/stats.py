@@ -1,4 +1,5 @@
-"""Uncertainty of the evaluation: t-intervals over folds, and paired tests over users between two models."""
+"""Uncertainty of the evaluation: t-intervals over folds, per-user means, paired tests and bootstrap
+intervals over users, and Holm's correction for many tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+BOOTSTRAP_CHUNK = 250  # resamples drawn at once (memory: chunk x users indices)
 
 
 def summarize(values: list[float] | np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
@@ -26,6 +29,27 @@ def summarize(values: list[float] | np.ndarray, confidence: float = 0.95) -> dic
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
 
 
+def mean_by_user(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, values)``: per user, the mean of its values over the parts (folds, seeds) it appears in;
+    users ascending."""
+    users = np.concatenate([np.asarray(u) for u, _ in parts])
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for _, v in parts])
+    uniq, codes = np.unique(users, return_inverse=True)
+    return uniq, np.bincount(codes, weights=values) / np.bincount(codes)
+
+
+def paired_values(
+    users_a: np.ndarray, values_a: np.ndarray, users_b: np.ndarray, values_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(users, a, b)``: the users both A and B were scored on (ascending) and each one's two values."""
+    ua, va = np.asarray(users_a), np.asarray(values_a, dtype=np.float64)
+    ub, vb = np.asarray(users_b), np.asarray(values_b, dtype=np.float64)
+    if ua.size != va.size or ub.size != vb.size:
+        raise ValueError("paired values: users and values must have the same length")
+    common, ia, ib = np.intersect1d(ua, ub, return_indices=True)
+    return common, va[ia], vb[ib]
+
+
 def paired_wilcoxon(
     users_a: np.ndarray,
     values_a: np.ndarray,
@@ -39,12 +63,7 @@ def paired_wilcoxon(
     ``"two-sided"``. Returns ``{"test", "alternative", "n_users", "mean_difference" (A - B), "statistic",
     "p_value"}``; statistic and p-value are None when fewer than two users differ.
     """
-    ua, va = np.asarray(users_a), np.asarray(values_a, dtype=np.float64)
-    ub, vb = np.asarray(users_b), np.asarray(values_b, dtype=np.float64)
-    if ua.size != va.size or ub.size != vb.size:
-        raise ValueError("paired_wilcoxon: users and values must have the same length")
-    common, ia, ib = np.intersect1d(ua, ub, return_indices=True)
-    a, b = va[ia], vb[ib]
+    common, a, b = paired_values(users_a, values_a, users_b, values_b)
     out: dict[str, Any] = {
         "test": "wilcoxon",
         "alternative": alternative,
@@ -57,4 +76,42 @@ def paired_wilcoxon(
         return out
     result = stats.wilcoxon(a, b, alternative=alternative)
     out.update(statistic=float(result.statistic), p_value=float(result.pvalue))
+    return out
+
+
+def bootstrap_ci(
+    values: np.ndarray, resamples: int, seed: int, confidence: float = 0.95
+) -> list[float] | None:
+    """Percentile bootstrap interval ``[lo, hi]`` of the mean of ``values`` (one per user): ``resamples``
+    resamples of the users with replacement, drawn from ``numpy.random.default_rng(seed)``, so two calls
+    with the same seed and number of users draw the same resamples. None without values."""
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        return None
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):
+        stop = min(start + BOOTSTRAP_CHUNK, resamples)
+        means[start:stop] = arr[rng.integers(0, arr.size, (stop - start, arr.size))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: no test, left out of the family).
+
+    With the m p-values sorted ascending, ``p_(i)`` (i = 1..m) becomes ``max over j <= i of
+    min(1, (m - j + 1) · p_(j))``: rejecting where the adjusted value is below alpha keeps the chance of
+    any false rejection in the family at most alpha.
+    """
+    tested = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    out: list[float | None] = [None] * len(p_values)
+    m = len(tested)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(tested)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
     return out
