@@ -23,7 +23,7 @@ from pipeline.paths import Paths
 from pipeline.tuning.spaces import SPACES, current
 from pipeline.tuning.study import StudyStorageError, load_study, open_storage
 from pipeline.tuning.tune import tune
-from pipeline.tuning.validation import validation_split
+from pipeline.tuning.validation import tuning_rows, validation_split
 from tests.eval_fixtures import planted_feature_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,29 +103,33 @@ def test_validation_users_are_training_users_of_the_fold(fs: FeatureSet, tmp_pat
     assert roles_of  # the loop ran
 
 
-def test_melu_protocols_keep_the_test_users_out_of_every_fold(fs: FeatureSet) -> None:
-    """melu's new users and cold rows are the same in every repeat: validation users and every row a trial
-    sees are outside every reported fold's test users and cold-start support and query rows (the warm
-    query rows are redrawn per repeat, so another repeat's may be among them)."""
+def test_melu_protocols_tune_on_rows_that_train_in_every_fold(fs: FeatureSet) -> None:
+    """melu redraws the test states' support and query rows per repeat: tuning takes only the rows that
+    train in every repeat, so no row a trial sees (training, validation support or query) is a test row
+    of any reported fold, the warm rows included; validation users are never new users. Under kfold no
+    row trains in every fold."""
     params = load_params(
         None, ["eval.protocol=melu", "eval.folds=3", "eval.melu.min_ratings=3", "eval.melu.query_size=2"]
     )
     year = np.where(np.arange(fs.n_items) % 3 == 0, 1999.0, 1990.0)
     folds = make_folds(params.eval, fs.ratings, fs.n_items, 5, item_year=year)
-    split = validation_split(folds[0], 0.2, support_size=4, sample_users=0, seed=5)
+    rows = tuning_rows(fs.ratings, folds)
+    assert rows is not None
+    split = validation_split(folds[0], 0.2, support_size=4, sample_users=0, seed=5, rows=rows)
     seen = np.concatenate(
-        [split.train["user_index"] * fs.n_items + split.train["item_index"]]
-        + [
+        [
             t["user_index"] * fs.n_items + t["item_index"]
-            for t in (split.scenario.support, split.scenario.query)
+            for t in (split.train, split.scenario.support, split.scenario.query)
         ]
     )
     keys = fs.ratings["user_index"] * fs.n_items + fs.ratings["item_index"]
-    assert split.users.size > 0 and seen.size > 0
+    assert split.users.size > 0 and seen.size == rows["rating"].size
     for fold in folds:
         assert fold.new_users.size > 0 and not np.isin(split.users, fold.new_users).any()
-        cold = keys[(fold.roles >= Role.NEW_USER_SUPPORT) & (fold.roles <= Role.NEW_BOTH_QUERY)]
-        assert cold.size > 0 and not np.isin(seen, cold).any()
+        tested = keys[fold.roles != Role.TRAIN]
+        assert (fold.roles == Role.WARM_QUERY).any() and not np.isin(seen, tested).any()
+    kfold = load_params(None, SMALL)
+    assert tuning_rows(fs.ratings, make_folds(kfold.eval, fs.ratings, fs.n_items, 5)) is None
 
 
 def test_sample_users_caps_the_validation_users(fs: FeatureSet, tmp_path: Path) -> None:

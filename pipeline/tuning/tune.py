@@ -37,7 +37,7 @@ from pipeline.tuning.study import (
 )
 from pipeline.tuning.tracking import tuning_runs
 from pipeline.tuning.tuned import write_tuned
-from pipeline.tuning.validation import validation_split
+from pipeline.tuning.validation import tuning_rows, validation_split
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,16 @@ def tune(params: Params, paths: Paths) -> dict[str, Any]:
             f"tune.folds {cfg.folds}: eval.protocol {params.eval.protocol} has {len(protocol.folds)} folds"
         )
     seed = params.seed if cfg.seed is None else cfg.seed
+    rows = tuning_rows(protocol.data.ratings, protocol.folds)
+    if rows is None:
+        log.warning(
+            "eval.protocol %s: every row is a test row of some fold; tuning uses fold 0..%d's training "
+            "rows, which hold other folds' test users (docs/training.md#tuning-metarec-tune)",
+            params.eval.protocol,
+            cfg.folds - 1,
+        )
     splits = [
-        validation_split(fold, cfg.validation_share, params.eval.support_size, cfg.sample_users, seed)
+        validation_split(fold, cfg.validation_share, params.eval.support_size, cfg.sample_users, seed, rows)
         for fold in protocol.folds[: cfg.folds]
     ]
     metrics = {model: metric_for(model, params, protocol.scoring) for model in models}
