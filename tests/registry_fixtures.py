@@ -115,6 +115,7 @@ def cv_result(
     meta_mae: float,
     per_fold: list[float] | None = None,
     seed: int = 42,
+    weighting: str = "user",
 ) -> dict:
     """A ``cv.json`` as ``evaluate`` writes it; per-fold MAEs default to ``meta_mae`` -0.02, +0.02, 0."""
     folds = per_fold if per_fold is not None else [meta_mae - 0.02, meta_mae + 0.02, meta_mae]
@@ -133,6 +134,7 @@ def cv_result(
         "folds": len(folds),
         "support_size": 5,
         "seed": seed,
+        "weighting": weighting,
         "per_fold": {"new_user": {"meta": {"mae": folds, "rmse": [v + 0.2 for v in folds]}}},
     }
     return cv

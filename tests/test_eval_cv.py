@@ -417,7 +417,7 @@ def test_meta_models_get_paired_tests_and_the_text_ablation(fs: FeatureSet) -> N
     )
     assert gate.mean == cv["scenarios"]["new_user"]["meta"]["mae"]["mean"]
     assert len(gate.per_fold) == 2 and gate.per_user == per_user
-    assert gate.protocol == "kfold folds=2 support_size=10 seed=42"
+    assert gate.protocol == "kfold folds=2 support_size=10 seed=42 weighting=user"
     # the same folds in two worker processes (one torch thread each): the same numbers, in fold order
     second = cross_validate(load_params(None, [*overrides, "eval.workers=2"]), with_tasks)
     for scenario, models in cv["per_fold"].items():

@@ -463,7 +463,7 @@ def test_champion_gate(registry: dict) -> None:
         "n_pairs": 3,
         "min_improvement": 0.05,
         "max_p": 0.05,
-        "protocol": "kfold folds=3 support_size=5 seed=42",
+        "protocol": "kfold folds=3 support_size=5 seed=42 weighting=user",
     }
     assert (unreliable["version"], unreliable["alias"], unreliable["previous_champion"]) == (
         5,
@@ -475,8 +475,8 @@ def test_champion_gate(registry: dict) -> None:
     assert (other_folds["version"], other_folds["alias"]) == (6, "challenger")
     assert other_folds["gate"]["p_value"] is None
     assert other_folds["gate"]["reason"] == (
-        "not compared: fold protocol 'kfold folds=3 support_size=5 seed=7' differs from the champion's "
-        "'kfold folds=3 support_size=5 seed=42'"
+        "not compared: fold protocol 'kfold folds=3 support_size=5 seed=7 weighting=user' differs from the "
+        "champion's 'kfold folds=3 support_size=5 seed=42 weighting=user'"
     )
     aliases = registry["client"].get_registered_model("metarec").aliases
     assert aliases == {"champion": 4, "challenger": 6, "previous_champion": 1}
@@ -484,7 +484,7 @@ def test_champion_gate(registry: dict) -> None:
     assert other_folds["tracking_uri"] == f"sqlite:///{registry['paths'].root.resolve()}/mlruns.db"
     version = registry["client"].get_model_version("metarec", "5")
     assert version.tags["gate"].startswith("challenger: paired t-test p = 0.2477")
-    assert version.tags["fold_protocol"] == "kfold folds=3 support_size=5 seed=42"
+    assert version.tags["fold_protocol"] == "kfold folds=3 support_size=5 seed=42 weighting=user"
 
 
 @pytest.mark.slow
@@ -566,7 +566,7 @@ def test_run_and_version_carry_params_metrics_lineage(registry: dict) -> None:
         assert heading in card
     assert "| new_user | meta | 0.8500 ± 0.0200 | 1.0500 ± 0.0200 |" in card
     assert f"| params_hash | `{params.digest()}` |" in card
-    assert "kfold folds=3 support_size=5 seed=42" in card
+    assert "kfold folds=3 support_size=5 seed=42 weighting=user" in card
     assert run.data.tags["compression"] == "int8" and run.data.tags["fold_protocol"].startswith("kfold")
     vocab = json.loads((paths.features / "vocab.json").read_text())
     version_tags = client.get_model_version(params.register.model_name, result["version"]).tags

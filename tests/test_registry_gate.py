@@ -17,8 +17,12 @@ METRIC = "new_user.meta.mae"
 
 
 def test_fold_protocol_names_what_fixes_the_folds() -> None:
-    assert fold_protocol(cv_result(0.8), SOURCE) == "kfold folds=3 support_size=5 seed=42"
+    assert fold_protocol(cv_result(0.8), SOURCE) == "kfold folds=3 support_size=5 seed=42 weighting=user"
     assert fold_protocol(cv_result(0.8, seed=7), SOURCE) != fold_protocol(cv_result(0.8), SOURCE)
+    # a cv.json from before per-user weighting averaged over rows: not comparable with one that weights users
+    old = cv_result(0.8)
+    del old["weighting"]
+    assert fold_protocol(old, SOURCE) == "kfold folds=3 support_size=5 seed=42 weighting=rows"
     cv = cv_result(0.8)
     del cv["seed"], cv["support_size"]
     with pytest.raises(ValueError, match=r"metrics/cv.json: missing support_size, seed"):
@@ -28,7 +32,7 @@ def test_fold_protocol_names_what_fixes_the_folds() -> None:
 def test_evidence_reads_mean_folds_and_users() -> None:
     users = {"7": 0.5, "u2": 1.25}
     got = evidence(cv_result(0.8, per_fold=[0.7, 0.9, 0.8]), "mae", SOURCE, per_user_result(users))
-    assert got == Evidence("kfold folds=3 support_size=5 seed=42", 0.8, (0.7, 0.9, 0.8), users)
+    assert got == Evidence("kfold folds=3 support_size=5 seed=42 weighting=user", 0.8, (0.7, 0.9, 0.8), users)
     assert evidence(cv_result(0.8), "rmse", SOURCE).per_fold == pytest.approx((0.98, 1.02, 1.0))
     assert evidence(cv_result(0.8), "mae", SOURCE).per_user == {}
     assert evidence(cv_result(0.8), "mae", SOURCE, per_user_result({})).per_user == {}

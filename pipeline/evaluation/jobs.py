@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pipeline.baselines.base import Objective
-from pipeline.evaluation.models import build_model, is_seeded
+from pipeline.evaluation.models import META_FAMILY, build_model, is_seeded
 from pipeline.evaluation.scenarios import Scoring, score_scenarios
 from pipeline.evaluation.shots import score_shots
 from pipeline.evaluation.splits import Fold
@@ -145,6 +145,8 @@ def run_jobs(
     ``eval.workers`` > 1 in that many spawned worker processes, which split the cores between them."""
     ev = params.eval
     jobs = [(fold, name, s) for fold in folds for name in ev.models for s in seed_indices(name, ev.seeds)]
+    # the meta-learners' fits are the long jobs: handed out first, they do not leave a core idle at the end
+    jobs.sort(key=lambda job: job[1] not in META_FAMILY)
     workers = min(ev.workers, len(jobs))
     results: dict[JobKey, ModelResult] = {}
     with Progress(len(jobs), "evaluate", "fit") as bar:

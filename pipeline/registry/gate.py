@@ -31,12 +31,15 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 GATE_SCENARIO = "new_user"
 META_MODEL = "meta"
-PROTOCOL_KEYS = ("protocol", "folds", "support_size", "seed")
+PROTOCOL_KEYS = ("protocol", "folds", "support_size", "seed", "weighting")
+DEFAULTS = {"weighting": "rows"}
+"""What a cv.json written before the key existed meant: MAE over query rows."""
 ZERO_SPREAD = 1e-12
 
 
 def fold_protocol(cv: dict[str, Any], source: Path) -> str:
     """What fixes the folds of ``cv``, as one string: ``"kfold folds=5 support_size=10 seed=42"``."""
+    cv = DEFAULTS | cv
     missing = [key for key in PROTOCOL_KEYS if key not in cv]
     if missing:
         raise ValueError(f"{source}: missing {', '.join(missing)}; the promotion gate needs the protocol")
