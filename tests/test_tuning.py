@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -21,7 +22,13 @@ from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.params import Params, ParamsError, load_params, tuned_conflicts
 from pipeline.paths import Paths
 from pipeline.tuning.spaces import SPACES, current
-from pipeline.tuning.study import StudyStorageError, load_study, open_storage
+from pipeline.tuning.study import (
+    StudyStorageError,
+    finished_trials,
+    load_study,
+    open_storage,
+    optimize,
+)
 from pipeline.tuning.tune import tune
 from pipeline.tuning.validation import tuning_rows, validation_split
 from tests.eval_fixtures import planted_feature_set
@@ -324,3 +331,24 @@ def test_a_locked_storage_fails_in_one_line_naming_it(tmp_path: Path) -> None:
     finally:
         holder.close()
     assert str(err.value) == f"optuna storage {url}: database is locked"
+
+
+def test_processes_sharing_a_study_stop_at_its_budget(tmp_path: Path) -> None:
+    """Another process finishes trials of the same study while this one runs: this one stops once the
+    study holds `trials` finished trials, not after its own count."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = load_study(open_storage(url), url, "metarec-x", "minimize", seed=0, median=False)
+    other = optuna.load_study(study_name="metarec-x", storage=open_storage(url))
+    calls: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        if not calls:  # meanwhile, elsewhere: three trials finish
+            other.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
+        calls.append(trial.number)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    optimize(study, url, objective, 5, (), [])
+    assert len(calls) == 2
+    assert finished_trials(study) == 5
+    optimize(study, url, objective, 5, (), [])  # the budget is spent: nothing more runs
+    assert len(calls) == 2

@@ -24,6 +24,12 @@ from pipeline.tuning.spaces import SPACES, current
 Direction = Literal["minimize", "maximize"]
 IGNORED_TUNE_KEYS = ("trials", "models", "storage", "experiment")
 """``tune`` keys a trial's value does not depend on."""
+FINISHED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+"""The trial states that spend the budget."""
 
 
 class StudyStorageError(RuntimeError):
@@ -95,7 +101,7 @@ def load_study(
 
 def finished_trials(study: optuna.Study) -> int:
     """Trials that finished (complete, pruned or failed): the part of the budget already spent."""
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def optimize(
@@ -106,8 +112,14 @@ def optimize(
     catch: tuple[type[Exception], ...],
     callbacks: list[Callable[[optuna.Study, Any], None]],
 ) -> None:
-    """Run the trials left of the budget ``trials``; the storage's failures name ``url``."""
+    """Run the trials left of the budget ``trials``; the storage's failures name ``url``.
+
+    Several processes (or machines) may run one study on a shared storage: each stops once the study as
+    a whole has finished ``trials`` trials, so together they overshoot by at most the trials that were
+    still running elsewhere.
+    """
     left = trials - finished_trials(study)
     if left > 0:
+        budget = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
         with storage_errors(url):
-            study.optimize(objective, n_trials=left, catch=catch, callbacks=callbacks)
+            study.optimize(objective, n_trials=left, catch=catch, callbacks=[*callbacks, budget])
