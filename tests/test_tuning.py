@@ -181,6 +181,12 @@ def test_tune_writes_the_best_values_and_records_the_trials(
     )
 
     mf, meta = first["models"]["mf_foldin"], second["models"]["meta"]
+    studies = {
+        m: optuna.load_study(study_name=r["models"][m]["study"], storage=open_storage(paths.tuning_storage))
+        for m, r in (("mf_foldin", first), ("meta", second))
+    }
+    for model, study in studies.items():  # each study starts from the values params.yaml sets
+        assert study.trials[0].params == {k: current(base, model)[k] for k in SPACES[model]}
     assert (mf["trials"], mf["metric"], meta["trials"], meta["metric"]) == (2, "mae", 1, "mae")
     assert 0 < mf["value"] < 4 and 0 < meta["value"] < 4
     tuned = yaml.safe_load(paths.tuned_params("params/tuned.yaml").read_text())

@@ -25,7 +25,7 @@ from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.progress import Progress
 from pipeline.tuning.objective import Objective
-from pipeline.tuning.spaces import SPACES, tunable
+from pipeline.tuning.spaces import SPACES, current, tunable
 from pipeline.tuning.study import (
     Direction,
     data_digest,
@@ -80,6 +80,14 @@ def metric_for(model: str, params: Params, scoring: Scoring) -> str:
     return metric
 
 
+def start_from_params(study: optuna.Study, params: Params, model: str) -> None:
+    """A new study's first trial evaluates ``model``'s values as the params set them, so the tuned values
+    are never worse on the validation users than the ones they replace (it counts in the budget)."""
+    if not study.get_trials(deepcopy=False):
+        values = current(params, model)
+        study.enqueue_trial({name: values[name] for name in SPACES[model]})
+
+
 def tune(params: Params, paths: Paths) -> dict[str, Any]:
     """Tune every model of :func:`models_to_tune`; write the tuned-params file; return per model its
     study, metric, best value, best values and trial counts."""
@@ -121,6 +129,7 @@ def tune(params: Params, paths: Paths) -> dict[str, Any]:
             name = study_name(params, model, digest)
             direction: Direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
             study = load_study(storage, url, name, direction, seed, cfg.pruner == "median")
+            start_from_params(study, params, model)
             objective = Objective(model, name, params, protocol, splits, metric, runs)
             with Progress(cfg.trials, f"tune {model}", "trial", initial=finished_trials(study)) as bar:
                 optimize(study, url, objective, cfg.trials, TRIAL_ERRORS, [lambda *_: bar.update()])
