@@ -358,3 +358,20 @@ def test_processes_sharing_a_study_stop_at_its_budget(tmp_path: Path) -> None:
     assert finished_trials(study) == 5
     optimize(study, url, objective, 5, (), [])  # the budget is spent: nothing more runs
     assert len(calls) == 2
+
+
+def test_a_process_joining_a_study_does_not_repeat_its_samples(tmp_path: Path) -> None:
+    """The TPE sampler is seeded with the seed plus the trials the study holds: a fresh study samples
+    the same values every time; a second process joining it samples others than the first one will."""
+
+    def first_sample(url: str, study: optuna.Study | None = None) -> float:
+        study = study or load_study(open_storage(url), url, "metarec-x", "minimize", seed=3, median=False)
+        return study.ask().suggest_float("x", 0.0, 1.0)
+
+    one, two = (f"sqlite:///{tmp_path / f'{n}.db'}" for n in ("one", "two"))
+    assert first_sample(one) == first_sample(two)  # reproducible: each started its own study
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    starter = load_study(open_storage(url), url, "metarec-x", "minimize", seed=3, median=False)
+    starter.enqueue_trial({"x": 0.5})  # as tune() starts a study: its first trial samples nothing
+    assert first_sample(url, starter) == 0.5  # still running when the second process joins
+    assert first_sample(url) != first_sample(url, starter)  # the joiner's first vs the starter's second

@@ -83,13 +83,14 @@ def study_name(params: Params, model: str, data: str) -> str:
 def load_study(
     storage: optuna.storages.RDBStorage, url: str, name: str, direction: Direction, seed: int, median: bool
 ) -> optuna.Study:
-    """The study ``name`` (created when new): TPE sampler seeded with ``seed``, median pruning over the
-    validation folds when ``median``."""
+    """The study ``name`` (created when new): TPE sampler seeded with ``seed`` plus the number of trials
+    the study already holds (a process that joins or resumes a study does not repeat the samples of
+    the one that started it), median pruning over the validation folds when ``median``."""
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5) if median else optuna.pruners.NopPruner()
     )
     with storage_errors(url):
-        return optuna.create_study(
+        study = optuna.create_study(
             storage=storage,
             study_name=name,
             direction=direction,
@@ -97,6 +98,10 @@ def load_study(
             pruner=pruner,
             load_if_exists=True,
         )
+        held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = optuna.samplers.TPESampler(seed=seed + held)
+    return study
 
 
 def finished_trials(study: optuna.Study) -> int:
