@@ -351,7 +351,7 @@ class Params(BaseModel):
     task: TaskParams = TaskParams()
     models: ModelsParams = ModelsParams()
     tune: TuneParams = TuneParams()
-    # the tuned-params file (``metarec tune``), relative to the params file's folder; null: none
+    # the tuned-params file (``metarec tune``), relative to the project root; null: none
     tuned: str | None = TUNED_FILE
     # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
     register: RegisterParams = RegisterParams()
@@ -419,8 +419,14 @@ def _merge(tree: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def tuned_file(path: str | Path, tuned: str | None) -> Path | None:
-    """The tuned-params file ``tuned`` names, relative to the folder of the params file ``path``."""
-    return None if not tuned else Paths(Path(path).parent).tuned_params(tuned)
+    """The tuned-params file ``tuned`` names, relative to the project root of the params file ``path``:
+    the nearest folder at or above ``path``'s that holds a params.yaml (``params/ml1m.yaml`` →
+    the repository), else ``path``'s folder. ``metarec tune`` writes it there too."""
+    if not tuned:
+        return None
+    folder = Path(path).absolute().parent
+    root = next((f for f in (folder, *folder.parents) if (f / "params.yaml").is_file()), folder)
+    return Paths(root).tuned_params(tuned)
 
 
 def read_tuned(path: Path) -> dict[str, Any]:

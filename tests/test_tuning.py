@@ -302,6 +302,29 @@ def test_load_params_applies_the_tuned_file_between_the_params_file_and_set(tmp_
         load_params(f)
 
 
+def test_a_params_file_in_a_subfolder_reads_the_tuned_file_where_tune_writes_it(tmp_path: Path) -> None:
+    """`--params params/run.yaml` (as params/ml1m.yaml): the tuned file is relative to the project root
+    (the folder with params.yaml), where `metarec tune` writes it, not to params/."""
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    (project / "params.yaml").write_text("seed: 1\n")
+    run = project / "params" / "run.yaml"
+    run.write_text("tuned: params/tuned-run.yaml\n")
+    (project / "params" / "tuned-run.yaml").write_text("train:\n  inner_steps: 9\n")
+    assert load_params(run).train.inner_steps == 9
+    assert Paths(project).tuned_params(load_params(run).tuned) == project / "params" / "tuned-run.yaml"
+    alone = tmp_path / "alone"  # no params.yaml at or above it: the params file's own folder
+    (alone / "params").mkdir(parents=True)
+    (alone / "run.yaml").write_text("tuned: params/t.yaml\n")
+    (alone / "params" / "t.yaml").write_text("train:\n  inner_steps: 4\n")
+    assert load_params(alone / "run.yaml").train.inner_steps == 4
+    shipped = yaml.safe_load((REPO / "params" / "tuned-ml1m.yaml").read_text()) or {}
+    ml1m = load_params(REPO / "params" / "ml1m.yaml")
+    assert ml1m.train.model_dump() == ml1m.train.model_dump() | shipped.get("train", {})
+    for name, values in shipped.get("models", {}).items():
+        assert ml1m.models.of(name) == ml1m.models.of(name) | values
+
+
 def test_the_shipped_tuned_file_is_empty_and_run_configs_still_apply(tmp_path: Path) -> None:
     """params/tuned.yaml ships empty; `metarec run --params FILE` (FILE's keys as overrides saved into
     params.yaml) sets model sections too."""
