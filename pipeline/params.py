@@ -142,6 +142,7 @@ ModelName = Literal[
     "most_popular",
     "linear_bias",
     "mf_foldin",
+    "meta_foldin",
     "item_knn",
     "content",
     "cornac_retrain",
@@ -237,6 +238,18 @@ class MFFoldInParams(_Section):
     init_scale: Annotated[float, Field(ge=0)] = 0.1
 
 
+class MetaFoldInParams(_Section):
+    factors: PositiveInt = 32
+    hidden: PositiveInt = 128
+    epochs: PositiveInt = 30
+    batch: PositiveInt = 128
+    learning_rate: PositiveFloat = 3e-3
+    item_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    max_support: PositiveInt = 100
+    max_query: PositiveInt = 100
+    init_precision: PositiveFloat = 5.0
+
+
 class ItemKNNParams(_Section):
     k: PositiveInt = 40
     shrink: Annotated[float, Field(ge=0)] = 100.0
@@ -280,6 +293,7 @@ class ModelsParams(_Section):
     popularity: PopularityParams = PopularityParams()
     linear_bias: LinearBiasParams = LinearBiasParams()
     mf_foldin: MFFoldInParams = MFFoldInParams()
+    meta_foldin: MetaFoldInParams = MetaFoldInParams()
     item_knn: ItemKNNParams = ItemKNNParams()
     content: ContentParams = ContentParams()
     cornac_retrain: CornacRetrainParams = CornacRetrainParams()

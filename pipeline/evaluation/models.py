@@ -15,6 +15,7 @@ from pipeline.baselines.mf_foldin import MFFoldIn
 from pipeline.baselines.most_popular import MostPopular
 from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.meta_adapter import MetaModel
+from pipeline.meta.foldin import MetaFoldIn
 from pipeline.params import ModelName, Params
 
 # the meta-learner family: the train params plus these config changes
@@ -34,6 +35,7 @@ MODEL_CLASSES: dict[str, type[ColdStartModel]] = {
     "most_popular": MostPopular,
     "linear_bias": LinearBias,
     "mf_foldin": MFFoldIn,
+    "meta_foldin": MetaFoldIn,
     "item_knn": ItemKNN,
     "content": ContentModel,
     "cornac_retrain": CornacRetrain,
@@ -74,6 +76,8 @@ def build_model(
         return LinearBias(objective, **hyper)
     if name == "mf_foldin":
         return MFFoldIn(objective, seed=seed, **hyper)
+    if name == "meta_foldin":
+        return MetaFoldIn(objective, seed=seed, **hyper)
     if name == "item_knn":
         return ItemKNN(objective, **hyper)
     if name == "content":

@@ -11,6 +11,8 @@ model          hyperparameters (range; log = log-uniform)
 popularity     damping 0.5-200 log
 linear_bias    l2_user, l2_item 0.1-100 log
 mf_foldin      factors 2-64 log, ridge 0.1-100 log, sweeps (ALS iterations) 4-30
+meta_foldin    factors 8-64 log, epochs 5-60 log, learning_rate 0.0003-0.03 log, item_dropout 0-0.8,
+               init_precision 0.5-50 log
 item_knn       k (neighbours) 5-200 log, shrink 1-1000 log
 content        l2_user, l2_item, taste_ridge, item_ridge 0.1-100 log
 cornac_retrain k 4-64 log, max_iter 10-200 log, learning_rate 0.001-0.1 log, lambda_reg 0.001-1 log
@@ -87,6 +89,13 @@ SPACES: dict[str, dict[str, Dimension]] = {
         "factors": IntRange(2, 64, log=True),
         "ridge": _RIDGE,
         "sweeps": IntRange(4, 30),
+    },
+    "meta_foldin": {
+        "factors": IntRange(8, 64, log=True),
+        "epochs": IntRange(5, 60, log=True),
+        "learning_rate": FloatRange(3e-4, 3e-2, log=True),
+        "item_dropout": FloatRange(0.0, 0.8),
+        "init_precision": FloatRange(0.5, 50.0, log=True),
     },
     "item_knn": {"k": IntRange(5, 200, log=True), "shrink": FloatRange(1.0, 1000.0, log=True)},
     "content": {"l2_user": _RIDGE, "l2_item": _RIDGE, "taste_ridge": _RIDGE, "item_ridge": _RIDGE},

@@ -1,0 +1,111 @@
+"""The meta-learned fold-in: its closed-form inner loop against the normal equations, its predictions
+against a per-user reference solve, and that meta-training makes the fold-in learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.baselines.mf_foldin import MFFoldIn
+from pipeline.evaluation.metrics import mae
+from pipeline.evaluation.models import build_model
+from pipeline.meta.foldin import MetaFoldIn, ridge_heads
+from pipeline.params import Params
+from tests.baseline_fixtures import new_user_case
+from tests.test_baselines_cf import low_rank, rows
+
+
+def test_ridge_heads_solve_the_masked_normal_equations_and_pass_gradients() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(3, 5, 4)), requires_grad=True)
+    y = torch.tensor(rng.normal(size=(3, 5)))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    prior = torch.tensor(rng.normal(size=(3, 4)))
+    precision = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64, requires_grad=True)
+    got = ridge_heads(x, y, mask, prior, precision)
+    for t in range(3):
+        keep = mask[t].numpy() == 1
+        xt, yt = x[t].detach().numpy()[keep], y[t].numpy()[keep]
+        lam = np.diag(precision.detach().numpy())
+        want = np.linalg.solve(xt.T @ xt + lam, xt.T @ yt + lam @ prior[t].numpy())
+        assert got[t].detach().numpy() == pytest.approx(want, abs=1e-10)
+    assert got[2].detach().numpy() == pytest.approx(prior[2].numpy())  # no support: the prior
+    assert torch.autograd.gradcheck(lambda a, b: ridge_heads(a, y, mask, prior, b), (x, precision))
+
+
+def test_predict_is_the_ridge_solve_over_a_users_training_and_support_rows() -> None:
+    """A new user from its support rows, a known user from its training plus new support rows, a user
+    with neither at its prior head; the item side as the tower gives it."""
+    fs, _ = low_rank(n_users=40, n_items=20, rank=2, per_user=8, noise=0.2, seed=1)
+    train = {c: v[fs.ratings["user_index"] < 38] for c, v in fs.ratings.items()}
+    model = MetaFoldIn(factors=3, hidden=8, epochs=2, batch=16, seed=0)
+    model.fit(fs, train)
+    assert model.tower is not None
+    unseen = np.setdiff1d(np.arange(20), train["item_index"][train["user_index"] == 5])
+    support = rows([38, 38, 38, 5], [1, 4, 7, int(unseen[0])], [4.0, 2.5, 3.0, 5.0])
+    query = {"user_index": np.array([38, 5, 39, 38]), "item_index": np.array([2, 3, 6, 9])}
+    got = model.predict(fs, support, query)
+    with torch.no_grad():
+        items = torch.arange(fs.n_items + 1)
+        bias, h = model.tower(items, torch.where(torch.tensor(model.seen), items, torch.tensor(fs.n_items)))
+        x = np.c_[np.ones(fs.n_items + 1), h.double().numpy()]
+        b = bias.double().numpy()
+        lam = np.diag(model.tower.log_precision.exp().double().numpy())
+        prior = model.tower.user_prior(torch.arange(fs.n_users)).double().numpy()
+    want = []
+    for u, i in zip(query["user_index"], query["item_index"], strict=True):
+        mine, new = train["user_index"] == u, support["user_index"] == u
+        item = np.r_[train["item_index"][mine], support["item_index"][new]]
+        rating = np.r_[train["rating"][mine], support["rating"][new]]
+        xu, yu = x[item], rating - model.mean - b[item]
+        head = np.linalg.solve(xu.T @ xu + lam, xu.T @ yu + lam @ prior[u])
+        want.append(np.clip(model.mean + b[i] + x[i] @ head, 1, 5))
+    assert got == pytest.approx(np.array(want), abs=1e-6)
+
+
+def small_model() -> MetaFoldIn:
+    return MetaFoldIn(factors=8, hidden=16, epochs=40, batch=32, learning_rate=0.01, item_dropout=0.0, seed=0)
+
+
+def test_meta_training_learns_a_fold_in_that_rivals_mf_and_seeds_repeat() -> None:
+    """Rank-3 ratings: new users' error falls with their support and ends near ALS MF's fold-in."""
+    fs, _ = low_rank(n_users=300, n_items=60, rank=3, per_user=30, noise=0.3, seed=2)
+    case = new_user_case(fs, test_share=0.2, support_size=15, seed=0)
+    model = small_model()
+    model.fit(fs, case.train)
+    user = case.support["user_index"]
+    rank = np.arange(user.size) - np.searchsorted(user, user)  # support rows come grouped by user
+    errors = [
+        mae(case.y_true, model.predict(fs, {c: v[rank < m] for c, v in case.support.items()}, case.query))
+        for m in (0, 2, 5, 15)
+    ]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] - 0.1
+    mf = MFFoldIn(factors=3, ridge=1.0, sweeps=12, seed=0)
+    mf.fit(fs, case.train)
+    assert errors[-1] < mae(case.y_true, mf.predict(fs, case.support, case.query)) + 0.03
+    first = model.predict(fs, case.support, case.query)
+    again = small_model()
+    again.fit(fs, case.train)
+    assert np.array_equal(first, again.predict(fs, case.support, case.query))
+
+
+def test_built_from_params_and_scores_new_items_and_labels() -> None:
+    """``eval.models`` builds it from ``models.meta_foldin``; a new item scores from its content; the
+    binary objective scores in [0, 1] and does not predict ratings."""
+    fs, _ = low_rank(n_users=30, n_items=12, rank=2, per_user=6, noise=0.1, seed=3)
+    params = Params.model_validate({"models": {"meta_foldin": {"factors": 4, "epochs": 2}}})
+    model = build_model("meta_foldin", params, seed=7)
+    assert isinstance(model, MetaFoldIn) and (model.factors, model.epochs, model.seed) == (4, 2, 7)
+    train = {c: v[fs.ratings["item_index"] != 11] for c, v in fs.ratings.items()}  # item 11 is new
+    model.fit(fs, train)
+    assert not model.seen[11] and model.seen[:11].all()
+    got = model.predict(fs, {}, {"user_index": np.array([0, 1]), "item_index": np.array([11, 3])})
+    assert np.isfinite(got).all() and ((got >= 1) & (got <= 5)).all()
+    labels = {**train, "rating": (train["rating"] >= 3.5).astype(float)}
+    binary = MetaFoldIn("binary", factors=2, hidden=4, epochs=2, seed=0)
+    binary.fit(fs, labels)
+    scores = binary.predict(fs, {}, {"user_index": np.arange(5), "item_index": np.arange(5)})
+    assert not binary.predicts_ratings and ((scores >= 0) & (scores <= 1)).all()
+    with pytest.raises(RuntimeError, match="before fit"):
+        MetaFoldIn().predict(fs, {}, {"user_index": np.array([0]), "item_index": np.array([0])})
