@@ -352,6 +352,7 @@ def test_build_model_knows_every_name_and_objective() -> None:
         "meta",
         "meta_no_text",
         "finetune",
+        "meta_foldin",
         "mf_foldin",
         "cornac_retrain",
         "lightgbm",
