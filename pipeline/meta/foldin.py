@@ -21,11 +21,11 @@ predict a known user is solved from its training rows plus its new support rows 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
 from pipeline.baselines.base import Objective, check_objective, check_rows, clip_to_scale, unseen_support
+from pipeline.baselines.mf_foldin import ridge_terms
 from pipeline.features.store import FeatureSet
 
 
@@ -224,18 +224,12 @@ class MetaFoldIn:
         i = np.r_[self.train["item_index"][known], s["item_index"]]
         r = np.r_[self.train["rating"][known], s["rating"]]
         items = torch.arange(fs.n_items + 1)
-        bias, h = self.tower(items, torch.where(torch.tensor(self.seen), items, torch.tensor(fs.n_items)))
-        x = torch.cat([torch.ones(fs.n_items + 1, 1), h], -1).double().numpy()
-        b = bias.double().numpy()
+        id_rows = torch.where(torch.tensor(self.seen), items, torch.tensor(fs.n_items))
+        bias, factors = self.tower(items, id_rows)
+        b, h = bias.double().numpy(), factors.double().numpy()
         precision = self.tower.log_precision.exp().double().numpy()
-        prior = self.tower.user_prior(torch.tensor(users)).double().numpy()
-        d = x.shape[1]
-        shape = (fs.n_users, fs.n_items + 1)
-        indicator = sp.csr_matrix((np.ones(u.size), (u, i)), shape=shape)[users]
-        outer = (x[:, :, None] * x[:, None, :]).reshape(-1, d * d)
-        gram = np.asarray(indicator @ outer).reshape(users.size, d, d) + np.diag(precision)
-        rhs = np.asarray(sp.csr_matrix((r - self.mean - b[i], (u, i)), shape=shape)[users] @ x)
-        heads = np.linalg.solve(gram, (rhs + precision * prior)[..., None])[..., 0]
-        row = np.searchsorted(users, q["user_index"])
-        z = self.mean + b[q["item_index"]] + np.einsum("nd,nd->n", heads[row], x[q["item_index"]])
+        prior = self.tower.user_prior(torch.arange(fs.n_users)).double().numpy()
+        heads = ridge_terms(u, i, r - self.mean - b[i], fs.n_users, h, precision, prior)
+        qu, qi = q["user_index"], q["item_index"]
+        z = self.mean + b[qi] + heads[qu, 0] + np.einsum("nk,nk->n", heads[qu, 1:], h[qi])
         return clip_to_scale(fs, z) if self.objective == "regression" else np.clip(z, 0.0, 1.0)
