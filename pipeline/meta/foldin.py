@@ -158,7 +158,7 @@ class MetaFoldIn:
             optimizer, max_lr=self.learning_rate, total_steps=self.epochs * batches, pct_start=0.1
         )
         seen = torch.tensor(self.seen)
-        unknown = torch.tensor(fs.n_items)
+        items = torch.arange(fs.n_items + 1)
         for _ in range(self.epochs):
             perm = rng.permutation(users.size)
             for b in range(batches):
@@ -169,9 +169,8 @@ class MetaFoldIn:
                     torch.tensor(a) for a in self._tasks(rng, starts[pick], counts[pick], by_user)
                 )
                 kept = seen & (torch.rand(fs.n_items + 1) >= self.item_dropout)
-                loss = self._query_loss(
-                    tower, torch.tensor(users[pick]), si, sr, sm, qi, qr, qm, kept, unknown
-                )
+                id_rows = torch.where(kept, items, fs.n_items)
+                loss = self._query_loss(tower, torch.tensor(users[pick]), si, sr, sm, qi, qr, qm, id_rows)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -189,23 +188,15 @@ class MetaFoldIn:
         qi: Tensor,
         qr: Tensor,
         qm: Tensor,
-        kept: Tensor,
-        unknown: Tensor,
+        id_rows: Tensor,
     ) -> Tensor:
-        """Mean squared query error of the batch's heads solved on its supports; ids not ``kept`` use the
-        unknown row."""
-        sb, sh = tower(si, torch.where(kept[si], si, unknown))
-        qb, qh = tower(qi, torch.where(kept[qi], qi, unknown))
-        ones = torch.ones_like(sb).unsqueeze(-1)
-        y = sr.float() - self.mean - sb
-        heads = ridge_heads(
-            torch.cat([ones, sh], -1), y, sm.float(), tower.user_prior(users), tower.log_precision.exp()
-        )
-        pred = (
-            self.mean
-            + qb
-            + (torch.cat([torch.ones_like(qb).unsqueeze(-1), qh], -1) * heads.unsqueeze(1)).sum(-1)
-        )
+        """Mean squared query error of the batch's heads solved on its supports; item ``i`` takes the id
+        embedding of row ``id_rows[i]`` (the unknown row when it is not seen or dropped this step)."""
+        bias, factors = tower(torch.arange(id_rows.numel()), id_rows)  # every item once, then gathered
+        x = torch.cat([torch.ones_like(bias).unsqueeze(-1), factors], -1)
+        y = sr.float() - self.mean - bias[si]
+        heads = ridge_heads(x[si], y, sm.float(), tower.user_prior(users), tower.log_precision.exp())
+        pred = self.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
         mask = qm.float()
         return ((pred - qr.float()) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
 
