@@ -81,7 +81,25 @@ class FeaturesParams(_Section):
     query_size: PositiveInt = 10
 
 
+class FoldInParams(_Section):
+    """``train.model: foldin``: an item tower (id + text + attributes) meta-trained so that a closed-form
+    ridge solve on a user's support predicts the user's other ratings (pipeline/meta/foldin.py)."""
+
+    factors: PositiveInt = 32
+    hidden: PositiveInt = 128
+    epochs: PositiveInt = 30
+    batch: PositiveInt = 128
+    learning_rate: PositiveFloat = 3e-3
+    item_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    max_support: PositiveInt = 100
+    max_query: PositiveInt = 100
+    init_precision: PositiveFloat = 5.0
+
+
 class TrainParams(_Section):
+    # the meta-learner: melu (MeLU's MLP, adapted by gradient steps) | foldin (a meta-learned fold-in)
+    model: Literal["melu", "foldin"] = "melu"
+    foldin: FoldInParams = FoldInParams()
     algorithm: Literal["maml", "fomaml", "metasgd", "joint"] = "maml"
     adapt: Literal["decision", "all"] = "decision"
     embedding_dim: PositiveInt = 32
@@ -238,18 +256,6 @@ class MFFoldInParams(_Section):
     init_scale: Annotated[float, Field(ge=0)] = 0.1
 
 
-class MetaFoldInParams(_Section):
-    factors: PositiveInt = 32
-    hidden: PositiveInt = 128
-    epochs: PositiveInt = 30
-    batch: PositiveInt = 128
-    learning_rate: PositiveFloat = 3e-3
-    item_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
-    max_support: PositiveInt = 100
-    max_query: PositiveInt = 100
-    init_precision: PositiveFloat = 5.0
-
-
 class ItemKNNParams(_Section):
     k: PositiveInt = 40
     shrink: Annotated[float, Field(ge=0)] = 100.0
@@ -293,7 +299,6 @@ class ModelsParams(_Section):
     popularity: PopularityParams = PopularityParams()
     linear_bias: LinearBiasParams = LinearBiasParams()
     mf_foldin: MFFoldInParams = MFFoldInParams()
-    meta_foldin: MetaFoldInParams = MetaFoldInParams()
     item_knn: ItemKNNParams = ItemKNNParams()
     content: ContentParams = ContentParams()
     cornac_retrain: CornacRetrainParams = CornacRetrainParams()

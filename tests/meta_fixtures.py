@@ -30,6 +30,13 @@ CHECKPOINTED_CONFIG: dict[str, object] = {
     "algorithm": "maml",
 }
 """A meta-learner small enough to train in seconds, checkpointing every 3 meta-steps."""
+FOLDIN_CHECKPOINTED_CONFIG: dict[str, object] = {
+    "model": "foldin",
+    "foldin": {"factors": 4, "hidden": 8, "epochs": 3, "batch": 8, "learning_rate": 1e-2, "max_support": 6},
+    "device": "cpu",
+    "checkpoint_every": 3,
+}
+"""The meta-learned fold-in at the same scale: 8 tasks per step, 3 epochs, a checkpoint every 3 steps."""
 
 
 def _tasks_from_ratings(

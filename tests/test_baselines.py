@@ -32,7 +32,6 @@ from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.metrics import auc, mae, ndcg_at_k
 from pipeline.evaluation.models import META_FAMILY, MODEL_NAMES
 from pipeline.features.store import FeatureSet
-from pipeline.meta.foldin import MetaFoldIn
 from tests.baseline_fixtures import Case, implicit, new_item_case, new_user_case, warm_case
 from tests.eval_fixtures import planted_feature_set
 
@@ -47,8 +46,6 @@ def make(name: str, objective: Objective | Literal["lambdarank"] = "regression")
     if name == "lightgbm":
         return LightGBMModel(support_size=6, seed=0, objective=objective, n_estimators=40)
     assert objective != "lambdarank"
-    if name == "meta_foldin":
-        return MetaFoldIn(objective, factors=4, hidden=8, epochs=3, batch=32, seed=0)
     classes = {
         "global_mean": GlobalMean,
         "popularity": Popularity,
@@ -98,8 +95,6 @@ def test_every_model_follows_the_protocol_and_says_whether_it_predicts_ratings()
         ("most_popular", "binary"): False,
         ("mf_foldin", "regression"): True,
         ("mf_foldin", "binary"): False,
-        ("meta_foldin", "regression"): True,
-        ("meta_foldin", "binary"): False,
         ("item_knn", "regression"): True,
         ("item_knn", "binary"): False,
         ("content", "regression"): True,

@@ -16,7 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
 
 from pipeline.features.store import FeatureSet, save_feature_set
-from pipeline.meta.learner import MetaLearner, TrainingDiverged, TrainState
+from pipeline.meta.learner import MetaLearner
+from pipeline.meta.loop import TrainingDiverged, TrainState
 from pipeline.params import Params, load_params
 from pipeline.paths import Paths
 from pipeline.registry import register as reg

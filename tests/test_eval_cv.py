@@ -346,6 +346,8 @@ def test_build_model_knows_every_name_and_objective() -> None:
     meta_no_text = build_model("meta_no_text", params, seed=0, objective="binary")
     assert meta_no_text.config["use_text"] is False and meta_no_text.config["objective"] == "binary"  # type: ignore[attr-defined]
     assert build_model("finetune", params, seed=0).config["algorithm"] == "joint"  # type: ignore[attr-defined]
+    foldin = build_model("meta_foldin", params, seed=0)
+    assert foldin.config["model"] == "foldin" and foldin.known_history  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build_model("svd", params, seed=0)
     random_fits = {

@@ -1,5 +1,6 @@
-"""The meta-learned fold-in: its closed-form inner loop against the normal equations, its predictions
-against a per-user reference solve, and that meta-training makes the fold-in learn."""
+"""The meta-learned fold-in (``train.model: foldin``): its closed-form inner loop against the normal
+equations, its predictions against a per-user reference solve, that meta-training makes the fold-in
+learn, and that a saved learner predicts as the trained one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import pytest
 import torch
 
 from pipeline.baselines.mf_foldin import MFFoldIn
+from pipeline.evaluation.meta_adapter import MetaModel
 from pipeline.evaluation.metrics import mae
 from pipeline.evaluation.models import build_model
-from pipeline.meta.foldin import MetaFoldIn, ridge_heads
+from pipeline.meta.foldin import FoldInLearner, ridge_heads
+from pipeline.meta.learners import load_learner
 from pipeline.params import Params
+from pipeline.registry.scorer import make_scorer
 from tests.baseline_fixtures import new_user_case
 from tests.test_baselines_cf import low_rank, rows
 
@@ -34,38 +38,65 @@ def test_ridge_heads_solve_the_masked_normal_equations_and_pass_gradients() -> N
     assert torch.autograd.gradcheck(lambda a, b: ridge_heads(a, y, mask, prior, b), (x, precision))
 
 
-def test_predict_is_the_ridge_solve_over_a_users_training_and_support_rows() -> None:
+def build(objective: str = "regression", seed: int = 0, **foldin: object) -> MetaModel:
+    """``eval.models``' ``meta_foldin``, with ``train.foldin`` set to ``foldin``."""
+    params = Params.model_validate({"train": {"foldin": foldin, "device": "cpu"}})
+    model = build_model("meta_foldin", params, seed=seed, objective=objective)  # type: ignore[arg-type]
+    assert isinstance(model, MetaModel)
+    return model
+
+
+def learner_of(model: MetaModel) -> FoldInLearner:
+    assert isinstance(model.learner, FoldInLearner)
+    return model.learner
+
+
+def test_predict_is_the_ridge_solve_over_a_users_training_and_support_rows(tmp_path) -> None:
     """A new user from its support rows, a known user from its training plus new support rows, a user
-    with neither at its prior head; the item side as the tower gives it."""
+    with neither at its prior head; the item side as the tower gives it. A saved learner predicts alike."""
     fs, _ = low_rank(n_users=40, n_items=20, rank=2, per_user=8, noise=0.2, seed=1)
     train = {c: v[fs.ratings["user_index"] < 38] for c, v in fs.ratings.items()}
-    model = MetaFoldIn(factors=3, hidden=8, epochs=2, batch=16, seed=0)
+    model = build(factors=3, hidden=8, epochs=2, batch=16)
     model.fit(fs, train)
-    assert model.tower is not None
+    learner = learner_of(model)
     unseen = np.setdiff1d(np.arange(20), train["item_index"][train["user_index"] == 5])
     support = rows([38, 38, 38, 5], [1, 4, 7, int(unseen[0])], [4.0, 2.5, 3.0, 5.0])
     query = {"user_index": np.array([38, 5, 39, 38]), "item_index": np.array([2, 3, 6, 9])}
     got = model.predict(fs, support, query)
     with torch.no_grad():
-        items = torch.arange(fs.n_items + 1)
-        bias, h = model.tower(items, torch.where(torch.tensor(model.seen), items, torch.tensor(fs.n_items)))
-        x = np.c_[np.ones(fs.n_items + 1), h.double().numpy()]
-        b = bias.double().numpy()
-        lam = np.diag(model.tower.log_precision.exp().double().numpy())
-        prior = model.tower.user_prior(torch.arange(fs.n_users)).double().numpy()
+        bias, x_all = learner.tower()
+        x, b = x_all.double().numpy(), bias.double().numpy()
+        lam = np.diag(learner.tower.log_precision.exp().double().numpy())
+        prior = learner.tower.user_prior(torch.as_tensor(fs.user_cats)).double().numpy()
+        mean = float(learner.tower.mean)
+    assert mean == pytest.approx(train["rating"].mean(), abs=1e-5)
     want = []
     for u, i in zip(query["user_index"], query["item_index"], strict=True):
         mine, new = train["user_index"] == u, support["user_index"] == u
         item = np.r_[train["item_index"][mine], support["item_index"][new]]
         rating = np.r_[train["rating"][mine], support["rating"][new]]
-        xu, yu = x[item], rating - model.mean - b[item]
+        xu, yu = x[item], rating - mean - b[item]
         head = np.linalg.solve(xu.T @ xu + lam, xu.T @ yu + lam @ prior[u])
-        want.append(np.clip(model.mean + b[i] + x[i] @ head, 1, 5))
-    assert got == pytest.approx(np.array(want), abs=1e-6)
+        want.append(np.clip(mean + b[i] + x[i] @ head, 1, 5))
+    assert got == pytest.approx(np.array(want), abs=1e-5)
+
+    learner.save(tmp_path / "model")
+    loaded = load_learner(tmp_path / "model")
+    assert isinstance(loaded, FoldInLearner)
+    args = (
+        fs.user_cats[[38, 39]],
+        [np.array([1, 4, 7]), np.array([], int)],
+        [np.array([4.0, 2.5, 3.0]), np.array([])],
+    )
+    queries = [np.arange(21), np.array([0, 20])]  # 20: the unknown item
+    for a, b_ in zip(
+        learner.adapt_predict(*args, queries), loaded.adapt_predict(*args, queries), strict=True
+    ):
+        assert np.array_equal(a, b_)
 
 
-def small_model() -> MetaFoldIn:
-    return MetaFoldIn(factors=8, hidden=16, epochs=40, batch=32, learning_rate=0.01, item_dropout=0.0, seed=0)
+def small_model() -> MetaModel:
+    return build(factors=8, hidden=16, epochs=40, batch=32, learning_rate=0.01, item_dropout=0.0)
 
 
 def test_meta_training_learns_a_fold_in_that_rivals_mf_and_seeds_repeat() -> None:
@@ -91,21 +122,43 @@ def test_meta_training_learns_a_fold_in_that_rivals_mf_and_seeds_repeat() -> Non
 
 
 def test_built_from_params_and_scores_new_items_and_labels() -> None:
-    """``eval.models`` builds it from ``models.meta_foldin``; a new item scores from its content; the
-    binary objective scores in [0, 1] and does not predict ratings."""
+    """``eval.models`` builds it from ``train.foldin``; a new item scores from its content; the binary
+    objective scores in [0, 1] and does not predict ratings."""
     fs, _ = low_rank(n_users=30, n_items=12, rank=2, per_user=6, noise=0.1, seed=3)
-    params = Params.model_validate({"models": {"meta_foldin": {"factors": 4, "epochs": 2}}})
-    model = build_model("meta_foldin", params, seed=7)
-    assert isinstance(model, MetaFoldIn) and (model.factors, model.epochs, model.seed) == (4, 2, 7)
+    model = build(seed=7, factors=4, epochs=2)
+    with pytest.raises(RuntimeError, match="before fit"):
+        model.predict(fs, {}, {"user_index": np.array([0]), "item_index": np.array([0])})
     train = {c: v[fs.ratings["item_index"] != 11] for c, v in fs.ratings.items()}  # item 11 is new
     model.fit(fs, train)
-    assert not model.seen[11] and model.seen[:11].all()
+    learner = learner_of(model)
+    assert (learner.config.foldin.factors, learner.config.foldin.epochs, learner.seed) == (4, 2, 7)
+    assert not learner.tower.seen[11] and learner.tower.seen[:11].all()
     got = model.predict(fs, {}, {"user_index": np.array([0, 1]), "item_index": np.array([11, 3])})
     assert np.isfinite(got).all() and ((got >= 1) & (got <= 5)).all()
     labels = {**train, "rating": (train["rating"] >= 3.5).astype(float)}
-    binary = MetaFoldIn("binary", factors=2, hidden=4, epochs=2, seed=0)
+    binary = build("binary", factors=2, hidden=4, epochs=2)
     binary.fit(fs, labels)
     scores = binary.predict(fs, {}, {"user_index": np.arange(5), "item_index": np.arange(5)})
     assert not binary.predicts_ratings and ((scores >= 0) & (scores <= 1)).all()
-    with pytest.raises(RuntimeError, match="before fit"):
-        MetaFoldIn().predict(fs, {}, {"user_index": np.array([0]), "item_index": np.array([0])})
+
+
+def test_the_served_scorer_solves_as_adapt_predict_and_serves_in_float() -> None:
+    """The pyfunc's scorer (item side cached at load) gives what ``adapt_predict`` gives, for a user with
+    ratings and one without; int8 compression, which quantises MeLU's MLP, is refused with the fix."""
+    fs, _ = low_rank(n_users=30, n_items=15, rank=2, per_user=6, noise=0.1, seed=4)
+    model = build(factors=3, hidden=8, epochs=2)
+    model.fit(fs, fs.ratings)
+    learner = learner_of(model)
+    scorer = make_scorer(learner)
+    items, ratings = np.array([2, 5, 9]), np.array([4.0, 1.0, 3.5], np.float32)
+    [want] = learner.adapt_predict(fs.user_cats[[3]], [items], [ratings], [np.arange(fs.n_items)])
+    assert scorer.scores(fs.user_cats[3], items, ratings, None) == pytest.approx(want, abs=1e-5)
+    candidates = np.array([0, 7, 15])  # 15: the unknown item
+    [cold] = learner.adapt_predict(fs.user_cats[[0]], [np.array([], int)], [np.array([])], [candidates])
+    assert scorer.scores(fs.user_cats[0], np.array([], int), np.array([]), candidates) == pytest.approx(
+        cold, abs=1e-5
+    )
+    unclipped = scorer.scores(fs.user_cats[3], items, ratings, None, clip=False)
+    assert unclipped.shape == (fs.n_items,) and np.isfinite(unclipped).all()
+    with pytest.raises(ValueError, match=r"register\.compression 'int8'.*set register\.compression none"):
+        make_scorer(learner, "int8")

@@ -18,7 +18,8 @@ import torch
 
 from pipeline.meta.batching import TaskSampler, TaskSet
 from pipeline.meta.config import TrainConfig
-from pipeline.meta.learner import MetaLearner, TrainState, item_priors
+from pipeline.meta.learner import MetaLearner, item_priors
+from pipeline.meta.loop import TrainState
 from pipeline.params import TrainParams
 from tests.meta_fixtures import synthetic_feature_set
 

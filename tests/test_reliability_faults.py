@@ -29,7 +29,8 @@ from flows.cli import app
 from flows.errors import TRANSIENT_EXIT
 from flows.params_file import write_overrides
 from pipeline.features.store import FeatureSet, save_feature_set
-from pipeline.meta.learner import MetaLearner, TrainState
+from pipeline.meta.learner import MetaLearner
+from pipeline.meta.loop import TrainState
 from pipeline.paths import Paths
 from pipeline.registry import register as reg
 from pipeline.training import checkpoint

@@ -21,7 +21,7 @@ from pipeline.evaluation.splits import SCENARIO_NAMES, Role
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.params import Params, ParamsError, load_params, tuned_conflicts
 from pipeline.paths import Paths
-from pipeline.tuning.spaces import SPACES, current
+from pipeline.tuning.spaces import SPACES, current, with_values
 from pipeline.tuning.study import (
     StudyStorageError,
     finished_trials,
@@ -30,6 +30,7 @@ from pipeline.tuning.study import (
     optimize,
 )
 from pipeline.tuning.tune import tune
+from pipeline.tuning.tuned import tuned_tree
 from pipeline.tuning.validation import tuning_rows, validation_split
 from tests.eval_fixtures import planted_feature_set
 
@@ -162,6 +163,19 @@ def test_every_default_lies_in_its_search_space() -> None:
         values = current(params, model)
         for name, dim in space.items():
             assert values[name] in dim, (model, name, values[name], dim)
+
+
+def test_the_fold_in_is_tuned_in_train_foldin_and_keeps_its_section_when_meta_is_tuned() -> None:
+    """``meta_foldin``'s values live in ``train.foldin``, nested in ``meta``'s ``train``: tuning either
+    replaces its own values only."""
+    foldin = {"factors": 16, "epochs": 9, "learning_rate": 0.01, "item_dropout": 0.2, "init_precision": 2.0}
+    tree = tuned_tree({"models": {"popularity": {"damping": 3.0}}}, {"meta_foldin": {"values": foldin}})
+    assert tree == {"models": {"popularity": {"damping": 3.0}}, "train": {"foldin": foldin}}
+    tree = tuned_tree(tree, {"meta": {"values": {"inner_lr": 0.5}}})
+    assert tree["train"] == {"foldin": foldin, "inner_lr": 0.5}
+    params = with_values(Params(), "meta_foldin", foldin)
+    assert current(params, "meta_foldin") | foldin == current(params, "meta_foldin")
+    assert params.train.foldin.factors == 16 and params.train.inner_lr == Params().train.inner_lr
 
 
 def test_tune_writes_the_best_values_and_records_the_trials(

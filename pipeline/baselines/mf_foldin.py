@@ -34,22 +34,17 @@ def ridge_terms(
     target: np.ndarray,
     n_entities: int,
     other_factors: np.ndarray,
-    ridge: float | np.ndarray,
-    prior: np.ndarray | None = None,
+    ridge: float,
 ) -> np.ndarray:
     """``[bias, factors]`` of each entity: the ridge solve of ``target`` on ``[1, other_factors[other]]``
-    over the entity's rows, shape ``(n_entities, 1 + k)``, shrunk towards ``prior`` (per entity, default
-    zeros) with penalty ``ridge`` (a scalar, or one per dimension); the prior for an entity without rows."""
+    over the entity's rows, shape ``(n_entities, 1 + k)``; zeros for an entity without rows."""
     x = np.hstack([np.ones((other_factors.shape[0], 1)), other_factors])
     d = x.shape[1]
     shape = (n_entities, x.shape[0])
     indicator = sp.csr_matrix((np.ones(target.size), (entity, other)), shape=shape)
     outer = (x[:, :, None] * x[:, None, :]).reshape(-1, d * d)
-    penalty = np.broadcast_to(np.asarray(ridge, dtype=np.float64), (d,))
-    gram = np.asarray(indicator @ outer).reshape(n_entities, d, d) + np.diag(penalty)
+    gram = np.asarray(indicator @ outer).reshape(n_entities, d, d) + ridge * np.eye(d)
     rhs = np.asarray(sp.csr_matrix((target, (entity, other)), shape=shape) @ x)
-    if prior is not None:
-        rhs = rhs + penalty * prior
     return np.linalg.solve(gram, rhs[..., None])[..., 0]
 
 

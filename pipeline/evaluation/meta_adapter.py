@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.baselines.base import unseen_support
 from pipeline.evaluation.splits import random_rank
 from pipeline.features.store import FeatureSet
 
@@ -37,9 +38,9 @@ LearnerFactory = Callable[[dict[str, Any], FeatureSet, int], MetaLearnerLike]
 
 
 def _meta_learner_factory() -> LearnerFactory:
-    from pipeline.meta.learner import MetaLearner
+    from pipeline.meta.learners import create_learner
 
-    return MetaLearner.create
+    return create_learner
 
 
 def group_rows(user_index: np.ndarray, users: np.ndarray, *columns: np.ndarray) -> list[list[np.ndarray]]:
@@ -90,7 +91,11 @@ def training_tasks(
 
 
 class MetaModel:
-    """Trains a fresh meta-learner on the training rows; adapts it to each query user's support set."""
+    """Trains a fresh meta-learner on the training rows; adapts it to each query user's support set.
+
+    ``known_history``: a known user adapts on its training rows as well as its support rows (all its
+    evidence, as ``mf_foldin`` keeps a known user's factors); the fold-in (``train.model: foldin``) does.
+    """
 
     seeded = True
 
@@ -101,6 +106,7 @@ class MetaModel:
         name: str = "meta",
         progress: bool = False,
         create: LearnerFactory | None = None,
+        known_history: bool = False,
     ) -> None:
         self.config = config
         self.seed = seed
@@ -108,11 +114,15 @@ class MetaModel:
         self.predicts_ratings = config.get("objective", "regression") == "regression"
         self.progress = progress
         self.create = create
+        self.known_history = known_history
+        self.train: dict[str, np.ndarray] = {}
         self.learner: MetaLearnerLike | None = None
 
     def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
         tasks = training_tasks(fs.tasks, train, self.seed)
         learner_fs = replace(fs, ratings=train, tasks=tasks)
+        if self.known_history:
+            self.train = {c: np.asarray(train[c]) for c in ("user_index", "item_index", "rating")}
         create = self.create or _meta_learner_factory()
         self.learner = create(self.config, learner_fs, self.seed)
         self.learner.fit(learner_fs, users=np.unique(tasks["user_index"]), progress=self.progress)
@@ -124,6 +134,8 @@ class MetaModel:
             raise RuntimeError(f"{self.name}: predict called before fit")
         q_user = np.asarray(query["user_index"])
         users = np.unique(q_user)
+        if self.known_history:
+            support = self._with_history(fs, support, users)
         empty = np.zeros(0)
         s_items, s_ratings = group_rows(
             support.get("user_index", empty),
@@ -144,3 +156,13 @@ class MetaModel:
         out = np.empty(q_user.size, dtype=np.float64)
         out[np.argsort(q_user, kind="stable")] = np.concatenate(flat) if flat else out
         return out
+
+    def _with_history(
+        self, fs: FeatureSet, support: dict[str, np.ndarray], users: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``support`` after the training rows of ``users``; support rows repeating a training row dropped."""
+        columns = ("user_index", "item_index", "rating")
+        rows = {c: np.asarray(support.get(c, np.zeros(0))) for c in columns}
+        rows = {c: v[unseen_support(fs, self.train, rows)] for c, v in rows.items()}
+        known = np.isin(self.train["user_index"], users)
+        return {c: np.concatenate([self.train[c][known], rows[c]]) for c in columns}

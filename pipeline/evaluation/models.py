@@ -15,7 +15,6 @@ from pipeline.baselines.mf_foldin import MFFoldIn
 from pipeline.baselines.most_popular import MostPopular
 from pipeline.baselines.popularity import Popularity
 from pipeline.evaluation.meta_adapter import MetaModel
-from pipeline.meta.foldin import MetaFoldIn
 from pipeline.params import ModelName, Params
 
 # the meta-learner family: the train params plus these config changes
@@ -23,6 +22,7 @@ META_FAMILY: dict[str, dict[str, Any]] = {
     "meta": {},
     "meta_no_text": {"use_text": False},
     "finetune": {"algorithm": "joint"},
+    "meta_foldin": {"model": "foldin"},
 }
 # the models under test; every other model is a baseline they are compared against
 META_MODELS = ("meta", "meta_no_text")
@@ -35,7 +35,6 @@ MODEL_CLASSES: dict[str, type[ColdStartModel]] = {
     "most_popular": MostPopular,
     "linear_bias": LinearBias,
     "mf_foldin": MFFoldIn,
-    "meta_foldin": MetaFoldIn,
     "item_knn": ItemKNN,
     "content": ContentModel,
     "cornac_retrain": CornacRetrain,
@@ -64,7 +63,7 @@ def build_model(
         raise ValueError(f"objective must be 'regression' or 'binary', got {objective!r}")
     if name in META_FAMILY:
         config = params.train.model_dump() | META_FAMILY[name] | {"objective": objective}
-        return MetaModel(config, seed=seed, name=name)
+        return MetaModel(config, seed=seed, name=name, known_history=config["model"] == "foldin")
     hyper = params.models.of(name)
     if name == "global_mean":
         return GlobalMean(objective)
@@ -76,8 +75,6 @@ def build_model(
         return LinearBias(objective, **hyper)
     if name == "mf_foldin":
         return MFFoldIn(objective, seed=seed, **hyper)
-    if name == "meta_foldin":
-        return MetaFoldIn(objective, seed=seed, **hyper)
     if name == "item_knn":
         return ItemKNN(objective, **hyper)
     if name == "content":

@@ -6,9 +6,10 @@ section of the params as a plain dict (``params.train.model_dump()``) and check 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+MODELS = ("melu", "foldin")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "joint")
 ADAPT = ("decision", "all")
 IMPLS = ("loop", "vmap", "graph")
@@ -19,6 +20,30 @@ OBJECTIVES = ("regression", "binary")
 
 
 @dataclass(frozen=True)
+class FoldInConfig:
+    """Hyper-parameters of the meta-learned fold-in (``train.model: foldin``); mirror ``FoldInParams``."""
+
+    factors: int = 32
+    hidden: int = 128
+    epochs: int = 30
+    batch: int = 128
+    learning_rate: float = 3e-3
+    item_dropout: float = 0.5
+    max_support: int = 100
+    max_query: int = 100
+    init_precision: float = 5.0
+
+    def __post_init__(self) -> None:
+        sizes = ("factors", "hidden", "epochs", "batch", "max_support", "max_query")
+        bad = [n for n in sizes if getattr(self, n) < 1]
+        bad += [n for n in ("learning_rate", "init_precision") if getattr(self, n) <= 0]
+        bad += ["item_dropout"] if not 0.0 <= self.item_dropout < 1.0 else []
+        if bad:
+            shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            raise ValueError(f"invalid train.foldin config: {shown}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of the meta-learner; field names and defaults mirror ``TrainParams``.
 
@@ -26,6 +51,8 @@ class TrainConfig:
     (``regression`` on explicit ratings, ``binary`` on 0/1 implicit labels).
     """
 
+    model: str = "melu"
+    foldin: FoldInConfig = field(default_factory=FoldInConfig)
     algorithm: str = "maml"
     adapt: str = "decision"
     embedding_dim: int = 32
@@ -59,7 +86,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if isinstance(self.foldin, dict):
+            object.__setattr__(self, "foldin", FoldInConfig(**self.foldin))
         checks = {
+            "model": self.model in MODELS,
             "algorithm": self.algorithm in ALGORITHMS,
             "adapt": self.adapt in ADAPT,
             "impl": self.impl in IMPLS,

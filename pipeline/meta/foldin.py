@@ -1,6 +1,6 @@
-"""A meta-learned fold-in: matrix factorisation whose user side is a closed-form ridge solve on the
-support set, trained end to end on the query loss (the R2-D2 idea of Bertinetto et al., ICLR 2019, on
-ratings).
+"""A meta-learned fold-in (``train.model: foldin``): matrix factorisation whose user side is a closed-form
+ridge solve on the support set, trained end to end on the query loss (the R2-D2 idea of Bertinetto et
+al., ICLR 2019, on ratings).
 
 The item tower gives every item a bias and ``factors`` factors: an id embedding (its id row, or the
 unknown row for an item without training ratings and, with probability ``item_dropout`` per training
@@ -13,67 +13,121 @@ with a learned per-dimension precision ``Λ`` and a learned prior mean ``m_u`` (
 embeddings of the user's categorical attributes), so a user without ratings scores at its prior. The
 prediction is ``μ + b_i + [1, h_i]·w_u``. Training draws, per user and step, a random support set of 1
 to ``max_support`` of the user's training ratings and scores the solve on up to ``max_query`` others:
-the gradient of the query error flows through the solve into the item tower, Λ and the prior. At
-predict a known user is solved from its training rows plus its new support rows (all its evidence, as
-``mf_foldin``); a new user from its support rows.
+the gradient of the query error flows through the solve into the item tower, Λ and the prior.
+
+:meth:`FoldInLearner.adapt_heads` is the one adaptation path: training, evaluation and the served model
+all solve a user's head with it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pipeline.baselines.base import Objective, check_objective, check_rows, clip_to_scale, unseen_support
-from pipeline.baselines.mf_foldin import ridge_terms
 from pipeline.features.store import FeatureSet
+from pipeline.io import atomic_dir
+from pipeline.meta.batching import pad_tasks
+from pipeline.meta.config import FoldInConfig, TrainConfig
+from pipeline.meta.learner import resolve_device
+from pipeline.meta.loop import GradReducer, TrainState, apply_gradients, train_loop
+from pipeline.meta.model import ModelDims, check_adapt_inputs
+
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+FORMAT_VERSION = 1
+PREDICT_CHUNK = 256
+WARMUP = 0.1
+"""Share of the steps over which the learning rate rises (one-cycle schedule)."""
 
 
-def _with_unknown_row(a: np.ndarray) -> np.ndarray:
-    """``a`` with a zero row appended: the unknown item's attributes."""
-    return np.vstack([a, np.zeros((1, a.shape[1]), a.dtype)])
+def model_dims(fs: FeatureSet, config: TrainConfig) -> ModelDims:
+    """The input shapes of ``fs`` as the model sees them (no text columns without ``use_text``)."""
+    binary = config.objective == "binary"
+    return ModelDims(
+        user_cards=tuple(fs.user_cards),
+        item_cards=tuple(fs.item_cards),
+        n_items=fs.n_items,
+        n_multi=fs.n_multi,
+        text_dim=fs.text_dim if config.use_text else 0,
+        rating_min=0.0 if binary else float(fs.vocab["rating_min"]),
+        rating_max=1.0 if binary else float(fs.vocab["rating_max"]),
+    )
 
 
 class ItemTower(nn.Module):
-    """Bias and factors of items, and the users' prior heads; row ``n_items`` is the unknown item."""
+    """Bias and factors of every item, and the users' prior heads; row ``n_items`` is the unknown item.
+
+    The item attributes, the training mean and which items have training ratings are buffers, so a saved
+    tower scores any item by its index alone."""
 
     text: Tensor
     genres: Tensor
     cats: Tensor
-    user_cats: Tensor
+    seen: Tensor
+    mean: Tensor
 
-    def __init__(self, fs: FeatureSet, factors: int, hidden: int, init_precision: float) -> None:
+    def __init__(self, dims: ModelDims, config: FoldInConfig) -> None:
         super().__init__()
-        text = fs.item_text - fs.item_text.mean(0) if fs.n_items else fs.item_text
-        genres = fs.item_multi / np.maximum(fs.item_multi.sum(1, keepdims=True), 1)
-        self.register_buffer("text", torch.tensor(_with_unknown_row(text), dtype=torch.float32))
-        self.register_buffer("genres", torch.tensor(_with_unknown_row(genres), dtype=torch.float32))
-        self.register_buffer("cats", torch.tensor(_with_unknown_row(fs.item_cats), dtype=torch.long))
-        self.register_buffer("user_cats", torch.tensor(fs.user_cats, dtype=torch.long))
-        d = factors + 1
-        self.id = nn.Embedding(fs.n_items + 1, d)
+        rows, d = dims.n_items + 1, config.factors + 1
+        self.dims = dims
+        self.register_buffer("text", torch.zeros(rows, dims.text_dim))
+        self.register_buffer("genres", torch.zeros(rows, dims.n_multi))
+        self.register_buffer("cats", torch.zeros(rows, len(dims.item_cards), dtype=torch.long))
+        self.register_buffer("seen", torch.zeros(rows, dtype=torch.bool))
+        self.register_buffer("mean", torch.zeros(()))
+        self.id = nn.Embedding(rows, d)
         self.content = nn.Sequential(
-            nn.Linear(fs.text_dim + fs.n_multi, hidden), nn.ReLU(), nn.Linear(hidden, d)
+            nn.Linear(dims.text_dim + dims.n_multi, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d)
         )
-        self.item_fields = nn.ModuleList(nn.Embedding(c, d) for c in fs.item_cards)
-        self.user_fields = nn.ModuleList(nn.Embedding(c, d) for c in fs.user_cards)
+        self.item_fields = nn.ModuleList(nn.Embedding(c, d) for c in dims.item_cards)
+        self.user_fields = nn.ModuleList(nn.Embedding(c, d) for c in dims.user_cards)
         for emb in [self.id, *self.item_fields, *self.user_fields]:
             nn.init.normal_(emb.weight, std=0.01)
         self.prior = nn.Parameter(torch.zeros(d))
-        self.log_precision = nn.Parameter(torch.full((d,), float(np.log(init_precision))))
+        self.log_precision = nn.Parameter(torch.full((d,), math.log(config.init_precision)))
 
-    def forward(self, items: Tensor, id_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Bias [...] and factors [..., k] of ``items``, with the id embedding of ``id_rows``."""
-        out = self.id(id_rows) + self.content(torch.cat([self.text[items], self.genres[items]], -1))
+    def set_item_features(self, fs: FeatureSet) -> None:
+        """Copy the items' centred text, normalised genres and attribute codes of ``fs`` into the buffers."""
+        text = fs.item_text[:, : self.dims.text_dim]
+        text = text - text.mean(0) if fs.n_items else text
+        genres = fs.item_multi / np.maximum(fs.item_multi.sum(1, keepdims=True), 1)
+        with torch.no_grad():
+            self.text[:-1] = torch.as_tensor(text, dtype=torch.float32)
+            self.genres[:-1] = torch.as_tensor(genres, dtype=torch.float32)
+            self.cats[:-1] = torch.as_tensor(fs.item_cats, dtype=torch.long)
+
+    def set_training_rows(self, items: np.ndarray, ratings: np.ndarray) -> None:
+        """Mark the items with training ratings and set the global mean, from the training rows."""
+        with torch.no_grad():
+            self.seen.zero_()
+            self.seen[torch.tensor(np.asarray(items), dtype=torch.long)] = True
+            self.mean.fill_(float(np.mean(ratings)) if len(ratings) else 0.0)
+
+    def forward(self, dropped: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Bias [n + 1] and design rows ``[1, h_i]`` [n + 1, k + 1] of every item; an item without training
+        ratings, or ``dropped``, takes the unknown item's id embedding."""
+        items = torch.arange(self.dims.n_items + 1, device=self.seen.device)
+        known = self.seen if dropped is None else self.seen & ~dropped
+        out = self.id(torch.where(known, items, self.dims.n_items))
+        out = out + self.content(torch.cat([self.text, self.genres], -1))
         for f, emb in enumerate(self.item_fields):
-            out = out + emb(self.cats[items, f])
-        return out[..., 0], out[..., 1:]
+            out = out + emb(self.cats[:, f])
+        return out[:, 0], torch.cat([torch.ones_like(out[:, :1]), out[:, 1:]], -1)
 
-    def user_prior(self, users: Tensor) -> Tensor:
-        """Prior head ``m_u`` [..., k + 1] of ``users``."""
-        out = self.prior.expand(*users.shape, -1)
+    def user_prior(self, user_cats: Tensor) -> Tensor:
+        """Prior head ``m_u`` [B, k + 1] of users with attribute codes ``user_cats`` [B, F]."""
+        out = self.prior.expand(user_cats.shape[0], -1)
         for f, emb in enumerate(self.user_fields):
-            out = out + emb(self.user_cats[users, f])
+            out = out + emb(user_cats[:, f])
         return out
 
 
@@ -86,141 +140,305 @@ def ridge_heads(x: Tensor, y: Tensor, mask: Tensor, prior: Tensor, precision: Te
     return torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
 
 
-class MetaFoldIn:
-    """An item tower meta-trained so that a ridge fold-in from a few ratings predicts the user's others."""
+@dataclass(frozen=True)
+class FoldInBatch:
+    """One rank's tasks of a training step, padded: support [T, S] and query [T, Q] (mask 0 on padding),
+    the items whose id is dropped this step [n + 1], and the query ratings of the whole global batch."""
 
-    name = "meta_foldin"
-    seeded = True
+    user_cats: Tensor
+    support_items: Tensor
+    support_ratings: Tensor
+    support_mask: Tensor
+    query_items: Tensor
+    query_ratings: Tensor
+    query_mask: Tensor
+    dropped: Tensor
+    global_queries: int
+
+
+class FoldInSampler:
+    """Seeded training tasks: each step, a batch of users, each with a random support of 1..max_support of
+    its ratings and up to max_query of the others as query.
+
+    A batch is a pure function of (seed, epoch, index), drawn whole before it is sharded across ranks, so
+    any number of processes, and a resumed run, train on exactly the tasks one process would."""
 
     def __init__(
         self,
-        objective: Objective = "regression",
-        factors: int = 32,
-        hidden: int = 128,
-        epochs: int = 30,
-        batch: int = 128,
-        learning_rate: float = 3e-3,
-        item_dropout: float = 0.5,
-        max_support: int = 100,
-        max_query: int = 100,
-        init_precision: float = 5.0,
-        seed: int = 0,
+        rows: dict[str, np.ndarray],
+        user_cats: np.ndarray,
+        n_items: int,
+        config: FoldInConfig,
+        seed: int,
     ) -> None:
-        if min(factors, hidden, epochs, batch, max_support, max_query) < 1:
-            raise ValueError("factors, hidden, epochs, batch, max_support and max_query must be >= 1")
-        if learning_rate <= 0 or init_precision <= 0 or not 0 <= item_dropout < 1:
-            raise ValueError("learning_rate and init_precision must be > 0, item_dropout in [0, 1)")
-        self.objective = check_objective(objective)
-        self.predicts_ratings = objective == "regression"
-        self.factors, self.hidden, self.epochs, self.batch = factors, hidden, epochs, batch
-        self.learning_rate, self.item_dropout = learning_rate, item_dropout
-        self.max_support, self.max_query = max_support, max_query
-        self.init_precision, self.seed = init_precision, seed
-        self.mean = 0.0
-        self.tower: ItemTower | None = None
-        self.seen = np.zeros(0, dtype=bool)
-        self.train: dict[str, np.ndarray] = {}
-
-    def _tasks(
-        self, rng: np.random.Generator, starts: np.ndarray, counts: np.ndarray, rows: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, ...]:
-        """Padded support and query (item, rating, mask) arrays of one batch of users."""
-        b, s, q = starts.size, self.max_support, self.max_query
-        unknown = self.seen.size - 1
-        si, qi = np.full((b, s), unknown), np.full((b, q), unknown)
-        sr, sm, qr, qm = np.zeros((b, s)), np.zeros((b, s)), np.zeros((b, q)), np.zeros((b, q))
-        for t, (start, n) in enumerate(zip(starts, counts, strict=True)):
-            order = start + rng.permutation(n)
-            ns = int(rng.integers(1, min(n - 1, s) + 1))
-            nq = min(n - ns, q)
-            si[t, :ns], sr[t, :ns], sm[t, :ns] = rows["item_index"][order[:ns]], rows["rating"][order[:ns]], 1
-            query = order[ns : ns + nq]
-            qi[t, :nq], qr[t, :nq], qm[t, :nq] = rows["item_index"][query], rows["rating"][query], 1
-        return si, sr, sm, qi, qr, qm
-
-    def fit(self, fs: FeatureSet, train: dict[str, np.ndarray]) -> None:
-        rows = check_rows(fs, train, "train", self.objective)
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        self.mean = float(rows["rating"].mean())
-        self.seen = np.zeros(fs.n_items + 1, dtype=bool)
-        self.seen[rows["item_index"]] = True
-        self.train = rows
-        tower = ItemTower(fs, self.factors, self.hidden, self.init_precision)
         order = np.argsort(rows["user_index"], kind="stable")
-        by_user = {c: v[order] for c, v in rows.items()}
-        users, starts, counts = np.unique(by_user["user_index"], return_index=True, return_counts=True)
-        keep = counts >= 2
-        users, starts, counts = users[keep], starts[keep], counts[keep]
-        batches = max(1, int(np.ceil(users.size / self.batch)))
-        optimizer = torch.optim.Adam(tower.parameters(), lr=self.learning_rate)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.learning_rate, total_steps=self.epochs * batches, pct_start=0.1
-        )
-        seen = torch.tensor(self.seen)
-        items = torch.arange(fs.n_items + 1)
-        for _ in range(self.epochs):
-            perm = rng.permutation(users.size)
-            for b in range(batches):
-                pick = perm[b * self.batch : (b + 1) * self.batch]
-                if pick.size == 0:
-                    continue
-                si, sr, sm, qi, qr, qm = (
-                    torch.tensor(a) for a in self._tasks(rng, starts[pick], counts[pick], by_user)
-                )
-                kept = seen & (torch.rand(fs.n_items + 1) >= self.item_dropout)
-                id_rows = torch.where(kept, items, fs.n_items)
-                loss = self._query_loss(tower, torch.tensor(users[pick]), si, sr, sm, qi, qr, qm, id_rows)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        tower.eval()
-        self.tower = tower
+        self.items = np.asarray(rows["item_index"], np.int64)[order]
+        self.ratings = np.asarray(rows["rating"], np.float32)[order]
+        users, starts, counts = np.unique(rows["user_index"][order], return_index=True, return_counts=True)
+        keep = counts >= 2  # a task needs a support and a query rating
+        self.users, self.starts, self.counts = users[keep], starts[keep], counts[keep]
+        self.user_cats = np.asarray(user_cats, np.int64)
+        self.n_items, self.config, self.seed = n_items, config, seed
+        self._epoch_order: tuple[int, np.ndarray] | None = None
 
-    def _query_loss(
+    @property
+    def n_batches(self) -> int:
+        return max(1, -(-self.users.size // self.config.batch))
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            self._epoch_order = (
+                epoch,
+                np.random.default_rng([self.seed, epoch]).permutation(self.users.size),
+            )
+        return self._epoch_order[1]
+
+    def batch(self, epoch: int, index: int, rank: int = 0, world_size: int = 1) -> tuple[FoldInBatch, int]:
+        """Rank ``rank``'s share (tasks ``rank::world_size``) of batch ``index`` of ``epoch``, and the number
+        of tasks in the whole batch."""
+        c = self.config
+        pick = self._order(epoch)[index * c.batch : (index + 1) * c.batch]
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        support, query = [], []
+        for t in pick:
+            n = int(self.counts[t])
+            rows = self.starts[t] + rng.permutation(n)
+            ns = int(rng.integers(1, min(n - 1, c.max_support) + 1))
+            support.append(rows[:ns])
+            query.append(rows[ns : ns + min(n - ns, c.max_query)])
+        dropped = torch.as_tensor(rng.random(self.n_items + 1) < c.item_dropout)
+        mine = slice(rank, None, world_size)
+        s_rows, q_rows = support[mine], query[mine]
+        padded = pad_tasks(
+            self.user_cats[self.users[pick[mine]]],
+            [self.items[r] for r in s_rows],
+            [self.ratings[r] for r in s_rows],
+            [self.items[r] for r in q_rows],
+            [self.ratings[r] for r in q_rows],
+        )
+        batch = FoldInBatch(
+            user_cats=padded.user_cats,
+            support_items=padded.support_items,
+            support_ratings=padded.support_ratings,
+            support_mask=padded.support_mask,
+            query_items=padded.query_items,
+            query_ratings=padded.query_ratings,
+            query_mask=padded.query_mask,
+            dropped=dropped,
+            global_queries=sum(len(q) for q in query),
+        )
+        return batch, len(pick)
+
+
+class FoldInLearner:
+    """The item tower with its meta-training (through the ridge solve) and its per-user adaptation."""
+
+    def __init__(self, tower: ItemTower, config: TrainConfig, seed: int, device: torch.device) -> None:
+        self.tower = tower.to(device)
+        self.config = config
+        self.seed = seed
+        self.device = device
+        self.optimizer = torch.optim.Adam(self.tower.parameters(), lr=config.foldin.learning_rate)
+
+    @classmethod
+    def create(
+        cls,
+        config: dict[str, Any] | TrainConfig,
+        fs: FeatureSet,
+        seed: int,
+        device: torch.device | None = None,
+    ) -> FoldInLearner:
+        """A new learner for the users and items of ``fs``; ``config``: TrainParams fields."""
+        cfg = TrainConfig.from_dict(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tower = ItemTower(model_dims(fs, cfg), cfg.foldin)
+        tower.set_item_features(fs)
+        return cls(tower, cfg, seed, device or resolve_device(cfg.device))
+
+    @property
+    def dims(self) -> ModelDims:
+        return self.tower.dims
+
+    def meta_parameters(self) -> list[Tensor]:
+        """The tensors meta-training updates (ranks start from rank 0's values of these)."""
+        return list(self.tower.parameters())
+
+    # -- meta-training ----------------------------------------------------------------------------
+
+    def sampler(self, fs: FeatureSet, users: np.ndarray | None = None) -> FoldInSampler:
+        """The seeded task sampler over the rows of ``fs.tasks`` of ``users`` (None: all; support and query
+        alike, every step redraws the split); sets the training mean and the items seen."""
+        rows = fs.tasks
+        if users is not None:
+            keep = np.isin(rows["user_index"], users)
+            rows = {c: np.asarray(v)[keep] for c, v in rows.items()}
+        self.tower.set_training_rows(rows["item_index"], rows["rating"])
+        return FoldInSampler(rows, fs.user_cats, fs.n_items, self.config.foldin, self.seed)
+
+    def fit(self, fs: FeatureSet, users: np.ndarray | None = None, progress: bool = True) -> list[dict]:
+        """Single-process meta-training on the tasks of ``users`` (None = all); the per-epoch history."""
+        return self.train(self.sampler(fs, users), TrainState(), progress=progress).history
+
+    def train(
         self,
-        tower: ItemTower,
-        users: Tensor,
-        si: Tensor,
-        sr: Tensor,
-        sm: Tensor,
-        qi: Tensor,
-        qr: Tensor,
-        qm: Tensor,
-        id_rows: Tensor,
+        sampler: FoldInSampler,
+        state: TrainState,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce: GradReducer | None = None,
+        checkpoint_every: int = 0,
+        on_checkpoint: Callable[[TrainState], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+        progress: bool = True,
+    ) -> TrainState:
+        """The steps left after ``state`` (:func:`pipeline.meta.loop.train_loop`); the tower is left in eval
+        mode."""
+        self.tower.train()
+        state = train_loop(
+            self,
+            sampler,
+            state,
+            self.config.foldin.epochs,
+            rank=rank,
+            world_size=world_size,
+            reduce=reduce,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+            on_step=on_step,
+            progress=progress,
+            divergence_hint="Lower train.foldin.learning_rate (docs/training.md)",
+        )
+        self.tower.eval()
+        return state
+
+    def schedule(self, step: int, total: int) -> None:
+        """One-cycle learning rate: a cosine rise from 1/25 of ``learning_rate`` over the first 10 % of the
+        steps, then a cosine decay to 0."""
+        peak = self.config.foldin.learning_rate
+        warm = max(1, int(WARMUP * total))
+        if step < warm:
+            lr = peak / 25 + (peak - peak / 25) * 0.5 * (1 - math.cos(math.pi * step / warm))
+        else:
+            lr = peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(
+        self, batch: FoldInBatch, n_global: int, reduce: GradReducer | None = None, world_size: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """One step on this rank's tasks: the squared query error of the heads solved on the supports, over
+        the global batch's query ratings; returns the (reduced) sums of per-task query MSE and MAE."""
+        dev = self.device
+        bias, x = self.tower(batch.dropped.to(dev))
+        heads = self.adapt_heads(
+            bias,
+            x,
+            batch.user_cats.to(dev),
+            batch.support_items.to(dev),
+            batch.support_ratings.to(dev),
+            batch.support_mask.to(dev),
+        )
+        qi, mask = batch.query_items.to(dev), batch.query_mask.to(dev)
+        pred = self.tower.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
+        err = (pred - batch.query_ratings.to(dev)) * mask
+        loss = (err**2).sum() / max(batch.global_queries, 1)
+        params = self.meta_parameters()
+        raw = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, raw, strict=True)]
+        per_task = mask.sum(1).clamp(min=1.0)
+        sums = torch.stack([((err**2).sum(1) / per_task).sum(), (err.abs().sum(1) / per_task).sum()])
+        return apply_gradients(params, grads, sums.detach(), self.optimizer, reduce)
+
+    # -- adaptation to (new) users -----------------------------------------------------------------
+
+    def adapt_heads(
+        self, bias: Tensor, x: Tensor, user_cats: Tensor, items: Tensor, ratings: Tensor, mask: Tensor
     ) -> Tensor:
-        """Mean squared query error of the batch's heads solved on its supports; item ``i`` takes the id
-        embedding of row ``id_rows[i]`` (the unknown row when it is not seen or dropped this step)."""
-        bias, factors = tower(torch.arange(id_rows.numel()), id_rows)  # every item once, then gathered
-        x = torch.cat([torch.ones_like(bias).unsqueeze(-1), factors], -1)
-        y = sr.float() - self.mean - bias[si]
-        heads = ridge_heads(x[si], y, sm.float(), tower.user_prior(users), tower.log_precision.exp())
-        pred = self.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
-        mask = qm.float()
-        return ((pred - qr.float()) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
+        """The users' heads [B, k + 1]: the ridge solve on their support rows (``items``, ``ratings``,
+        ``mask`` [B, S]) towards their prior, given the items' ``bias`` and design rows ``x``."""
+        y = ratings - self.tower.mean - bias[items]
+        prior = self.tower.user_prior(user_cats)
+        return ridge_heads(x[items], y, mask, prior, self.tower.log_precision.exp())
 
     @torch.no_grad()
-    def predict(
-        self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
-    ) -> np.ndarray:
-        if self.tower is None:
-            raise RuntimeError("MetaFoldIn used before fit")
-        s = check_rows(fs, support, "support", self.objective)
-        s = {c: v[unseen_support(fs, self.train, s)] for c, v in s.items()}
-        q = check_rows(fs, query, "query")
-        users = np.unique(q["user_index"])
-        known = np.isin(self.train["user_index"], users)
-        u = np.r_[self.train["user_index"][known], s["user_index"]]
-        i = np.r_[self.train["item_index"][known], s["item_index"]]
-        r = np.r_[self.train["rating"][known], s["rating"]]
-        items = torch.arange(fs.n_items + 1)
-        id_rows = torch.where(torch.tensor(self.seen), items, torch.tensor(fs.n_items))
-        bias, factors = self.tower(items, id_rows)
-        b, h = bias.double().numpy(), factors.double().numpy()
-        precision = self.tower.log_precision.exp().double().numpy()
-        prior = self.tower.user_prior(torch.arange(fs.n_users)).double().numpy()
-        heads = ridge_terms(u, i, r - self.mean - b[i], fs.n_users, h, precision, prior)
-        qu, qi = q["user_index"], q["item_index"]
-        z = self.mean + b[qi] + heads[qu, 0] + np.einsum("nk,nk->n", heads[qu, 1:], h[qi])
-        return clip_to_scale(fs, z) if self.objective == "regression" else np.clip(z, 0.0, 1.0)
+    def adapt_predict(
+        self,
+        user_cats: np.ndarray,
+        support_items: list[np.ndarray],
+        support_ratings: list[np.ndarray],
+        query_items: list[np.ndarray],
+        context_items: list[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Solve each user's head on its support ratings (none: its prior), score its query items.
+
+        Arguments as :meth:`pipeline.meta.learner.MetaLearner.adapt_predict`; ``context_items`` (items
+        interacted with but not rated) are checked and not used: the fold-in learns from ratings only.
+        Returns per user the predictions clipped to the rating range (binary: to [0, 1])."""
+        user_cats = check_adapt_inputs(
+            self.dims, user_cats, support_items, support_ratings, query_items, context_items
+        )
+        bias, x = self.tower()
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(query_items)
+        order = np.argsort([len(s) for s in support_items], kind="stable")
+        for start in range(0, order.size, PREDICT_CHUNK):
+            chunk = order[start : start + PREDICT_CHUNK]
+            batch = pad_tasks(
+                user_cats[chunk],
+                [support_items[i] for i in chunk],
+                [support_ratings[i] for i in chunk],
+                [query_items[i] for i in chunk],
+            ).to(self.device)
+            heads = self.adapt_heads(
+                bias, x, batch.user_cats, batch.support_items, batch.support_ratings, batch.support_mask
+            )
+            qi = batch.query_items
+            pred = self.tower.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
+            scores = pred.clamp(self.dims.rating_min, self.dims.rating_max).cpu().numpy()
+            for row, i in enumerate(chunk):
+                out[i] = scores[row, : len(query_items[i])].copy()
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything learned or needed to score: the tower's parameters and buffers."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.tower.state_dict().items()}
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.tower.load_state_dict(tensors, strict=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "seed": self.seed,
+            "train": self.config.to_dict(),
+            "dims": self.dims.to_dict(),
+        }
+
+    def write(self, folder: Path) -> None:
+        """Write ``weights.safetensors`` and ``config.json`` into an existing folder (not atomic)."""
+        save_file(self.tensors(), str(Path(folder) / WEIGHTS))
+        (Path(folder) / CONFIG).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+
+    def save(self, folder: Path) -> None:
+        """Replace ``folder`` atomically with the weights (safetensors) and config.json."""
+        with atomic_dir(Path(folder)) as tmp:
+            self.write(tmp)
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device | str | None = None) -> FoldInLearner:
+        """Rebuild a saved learner on ``device`` (default: CUDA when available)."""
+        meta = json.loads((Path(folder) / CONFIG).read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(
+                f"{Path(folder) / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
+            )
+        cfg = TrainConfig.from_dict(meta["train"])
+        tower = ItemTower(ModelDims.from_dict(meta["dims"]), cfg.foldin)
+        where = torch.device(device) if device is not None else resolve_device("auto")
+        learner = cls(tower, cfg, int(meta["seed"]), where)
+        learner.load_tensors(load_file(str(Path(folder) / WEIGHTS), device=str(learner.device)))
+        learner.tower.eval()
+        return learner

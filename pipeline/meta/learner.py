@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from pipeline.features.store import FeatureSet
 from pipeline.io import atomic_dir
 from pipeline.meta.batching import TaskBatch, TaskSampler, TaskSet, pad_tasks
 from pipeline.meta.config import TrainConfig
+from pipeline.meta.loop import GradReducer, TrainState, apply_gradients, train_loop
 from pipeline.meta.maml import GraphedMetaGradient, MetaObjective, make_inner_lrs
-from pipeline.meta.model import MeLU, ModelDims
-from pipeline.progress import Progress
+from pipeline.meta.model import MeLU, ModelDims, check_adapt_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,37 +74,6 @@ def item_priors(taskset: TaskSet, n_rows: int, config: TrainConfig) -> tuple[flo
     if shrink == 0:
         return mean, np.zeros(n_rows)
     return mean, np.bincount(items, ratings - mean, n_rows) / (np.bincount(items, None, n_rows) + shrink)
-
-
-@dataclass
-class TrainState:
-    """Where training stands: the next (epoch, batch), meta-steps done, the running epoch's sums, history.
-
-    Together with the seed this fixes every later batch, so it is all a checkpoint needs besides weights.
-    """
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    mae_sum: float = 0.0
-    n_tasks: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainState:
-        return cls(**d)
-
-
-GradReducer = Callable[[Tensor], None]
-
-
-class TrainingDiverged(RuntimeError):
-    """A meta-step's query loss or meta-gradient is not finite; raised on every rank alike (the check runs
-    after the all-reduce), before the step is applied, so no non-finite weight is ever kept or saved."""
 
 
 class MetaLearner:
@@ -205,50 +174,23 @@ class MetaLearner:
         single process). ``on_checkpoint`` receives the full state every ``checkpoint_every`` meta-steps,
         ``on_step`` the step count after every meta-step.
         """
-        total = self.config.epochs * sampler.n_batches
-        bar = Progress(total, "meta-train", "step", initial=state.step, enabled=progress)
-        loss_acc = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.device)
-        mae_acc = torch.tensor(state.mae_sum, dtype=torch.float64, device=self.device)
-        while state.epoch < self.config.epochs:
-            while state.batch < sampler.n_batches:
-                self._schedule(state.step, total)
-                batch, n_global = sampler.batch(state.epoch, state.batch, rank, world_size)
-                try:
-                    loss_sum, mae_sum = self.train_step(batch, n_global, reduce, world_size)
-                except TrainingDiverged as exc:
-                    raise TrainingDiverged(
-                        f"training diverged at meta-step {state.step + 1} of {total} (epoch "
-                        f"{state.epoch + 1} of {self.config.epochs}, batch {state.batch + 1} of "
-                        f"{sampler.n_batches}): {exc}; no model is written. Lower train.inner_lr, "
-                        'train.inner_grad_clip or train.outer_lr (docs/training.md, "Divergence")'
-                    ) from None
-                loss_acc += loss_sum
-                mae_acc += mae_sum
-                state.batch += 1
-                state.step += 1
-                state.n_tasks += n_global
-                bar.update()
-                if on_step is not None:
-                    on_step(state.step)
-                if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                    state.loss_sum, state.mae_sum = loss_acc.item(), mae_acc.item()
-                    on_checkpoint(state)
-            entry = {
-                "epoch": state.epoch,
-                "train_loss": loss_acc.item() / state.n_tasks,
-                "query_mae": mae_acc.item() / state.n_tasks,
-            }
-            state.history.append(entry)
-            bar.set_postfix(train_loss=f"{entry['train_loss']:.4f}", query_mae=f"{entry['query_mae']:.4f}")
-            logger.debug("epoch %d: %s", state.epoch, entry)
-            state.epoch, state.batch, state.n_tasks = state.epoch + 1, 0, 0
-            loss_acc.zero_()
-            mae_acc.zero_()
-            state.loss_sum = state.mae_sum = 0.0
-        bar.close()
-        return state
+        return train_loop(
+            self,
+            sampler,
+            state,
+            self.config.epochs,
+            rank=rank,
+            world_size=world_size,
+            reduce=reduce,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+            on_step=on_step,
+            progress=progress,
+            divergence_hint="Lower train.inner_lr, train.inner_grad_clip or train.outer_lr "
+            '(docs/training.md, "Divergence")',
+        )
 
-    def _schedule(self, step: int, total: int) -> None:
+    def schedule(self, step: int, total: int) -> None:
         """Outer learning rate of meta-step ``step``: constant, or cosine decay from ``outer_lr`` to 0."""
         lr = self.config.outer_lr
         if self.config.lr_schedule == "cosine":
@@ -267,21 +209,12 @@ class MetaLearner:
         dtype = next(self.model.parameters()).dtype
         batch = batch.to(self.device, dtype)
         grads, loss_sum, mae_sum = self._gradient(batch, n_global, world_size)
-        params = list(self.objective.meta_parameters().values())
-        flat = torch.cat([*(g.reshape(-1) for g in grads), loss_sum.reshape(1), mae_sum.reshape(1)])
-        if reduce is not None:
-            reduce(flat)
-        if not bool(torch.isfinite(flat).all()):
-            raise TrainingDiverged(
-                f"query loss sum {flat[-2].item():.4g}, MAE sum {flat[-1].item():.4g}, "
-                f"{int((~torch.isfinite(flat[:-2])).sum())} non-finite meta-gradient entries"
-            )
-        grads = list(torch.split(flat[:-2], [p.numel() for p in params]))
-        loss_sum, mae_sum = flat[-2], flat[-1]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.view_as(p)
-        self.optimizer.step()
-        return loss_sum.detach(), mae_sum.detach()
+        sums = torch.stack([loss_sum.reshape(()), mae_sum.reshape(())])
+        return apply_gradients(self.meta_parameters(), grads, sums, self.optimizer, reduce)
+
+    def meta_parameters(self) -> list[Tensor]:
+        """The tensors meta-training updates (ranks start from rank 0's values of these)."""
+        return list(self.objective.meta_parameters().values())
 
     def _gradient(
         self, batch: TaskBatch, n_global: int, world_size: int
@@ -322,7 +255,9 @@ class MetaLearner:
         or ``n_items`` for an unknown item. Returns per user the predicted ratings, clipped to the rating
         range (objective ``binary``: probabilities; support ratings are then 0/1 labels).
         """
-        user_cats = self._check_inputs(user_cats, support_items, support_ratings, query_items, context_items)
+        user_cats = check_adapt_inputs(
+            self.model.dims, user_cats, support_items, support_ratings, query_items, context_items
+        )
         n = len(query_items)
         sizes = np.array([len(s) + len(q) for s, q in zip(support_items, query_items, strict=True)])
         order = np.argsort(sizes, kind="stable")
@@ -369,56 +304,6 @@ class MetaLearner:
             torch.as_tensor(padded, device=self.device),
             torch.as_tensor(mask, device=self.device, dtype=dtype),
         )
-
-    def _check_inputs(
-        self,
-        user_cats: np.ndarray,
-        support_items: Sequence[np.ndarray],
-        support_ratings: Sequence[np.ndarray],
-        query_items: Sequence[np.ndarray],
-        context_items: Sequence[np.ndarray] | None = None,
-    ) -> np.ndarray:
-        dims = self.model.dims
-        uc = np.asarray(user_cats, dtype=np.int64)
-        n_fields = len(dims.user_cards)
-        if uc.ndim != 2 or uc.shape[1] != n_fields:
-            raise ValueError(f"user_cats: expected shape [n_users, {n_fields}], got {list(uc.shape)}")
-        if not len(support_items) == len(support_ratings) == len(query_items) == uc.shape[0]:
-            raise ValueError(
-                f"adapt_predict: {uc.shape[0]} users in user_cats, {len(support_items)} support item lists, "
-                f"{len(support_ratings)} support rating lists, {len(query_items)} query item lists"
-            )
-        for f, card in enumerate(dims.user_cards):
-            bad = np.flatnonzero((uc[:, f] < 0) | (uc[:, f] >= card))
-            if bad.size:
-                raise ValueError(
-                    f"user_cats row {bad[0]}, column {f}: code {uc[bad[0], f]} outside [0, {card})"
-                )
-        if context_items is not None and len(context_items) != uc.shape[0]:
-            raise ValueError(
-                f"adapt_predict: {uc.shape[0]} users but {len(context_items)} context item lists"
-            )
-        lists_by_name = {"support_items": support_items, "query_items": query_items}
-        if context_items is not None:
-            lists_by_name["context_items"] = context_items
-        for name, lists in lists_by_name.items():
-            for u, items in enumerate(lists):
-                items = np.asarray(items)
-                if items.size and (items.min() < 0 or items.max() > dims.n_items):
-                    raise ValueError(
-                        f"{name}[{u}]: item index outside [0, {dims.n_items}] (n_items = unknown)"
-                    )
-        for u, (items, ratings) in enumerate(zip(support_items, support_ratings, strict=True)):
-            if len(items) != len(ratings):
-                raise ValueError(f"user {u}: {len(items)} support items but {len(ratings)} support ratings")
-            ratings = np.asarray(ratings, dtype=np.float64)
-            bad = np.flatnonzero(~((ratings >= dims.rating_min) & (ratings <= dims.rating_max)))
-            if bad.size:
-                raise ValueError(
-                    f"support_ratings[{u}]: rating {ratings[bad[0]]} outside "
-                    f"[{dims.rating_min}, {dims.rating_max}]"
-                )
-        return uc
 
     # -- persistence ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ text, so a user with none gets the average profile. It lets text inform a user w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +47,52 @@ class ModelDims:
         out = asdict(self)
         out["user_cards"], out["item_cards"] = list(self.user_cards), list(self.item_cards)
         return out
+
+
+def check_adapt_inputs(
+    dims: ModelDims,
+    user_cats: np.ndarray,
+    support_items: Sequence[np.ndarray],
+    support_ratings: Sequence[np.ndarray],
+    query_items: Sequence[np.ndarray],
+    context_items: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """``user_cats`` as int64 codes, after checking an adaptation request's shapes and ranges against
+    ``dims``: a ValueError names the user, column or rating that breaks a rule."""
+    uc = np.asarray(user_cats, dtype=np.int64)
+    n_fields = len(dims.user_cards)
+    if uc.ndim != 2 or uc.shape[1] != n_fields:
+        raise ValueError(f"user_cats: expected shape [n_users, {n_fields}], got {list(uc.shape)}")
+    if not len(support_items) == len(support_ratings) == len(query_items) == uc.shape[0]:
+        raise ValueError(
+            f"adapt_predict: {uc.shape[0]} users in user_cats, {len(support_items)} support item lists, "
+            f"{len(support_ratings)} support rating lists, {len(query_items)} query item lists"
+        )
+    for f, card in enumerate(dims.user_cards):
+        bad = np.flatnonzero((uc[:, f] < 0) | (uc[:, f] >= card))
+        if bad.size:
+            raise ValueError(f"user_cats row {bad[0]}, column {f}: code {uc[bad[0], f]} outside [0, {card})")
+    if context_items is not None and len(context_items) != uc.shape[0]:
+        raise ValueError(f"adapt_predict: {uc.shape[0]} users but {len(context_items)} context item lists")
+    lists_by_name = {"support_items": support_items, "query_items": query_items}
+    if context_items is not None:
+        lists_by_name["context_items"] = context_items
+    for name, lists in lists_by_name.items():
+        for u, items in enumerate(lists):
+            items = np.asarray(items)
+            if items.size and (items.min() < 0 or items.max() > dims.n_items):
+                raise ValueError(f"{name}[{u}]: item index outside [0, {dims.n_items}] (n_items = unknown)")
+    for u, (items, ratings) in enumerate(zip(support_items, support_ratings, strict=True)):
+        if len(items) != len(ratings):
+            raise ValueError(f"user {u}: {len(items)} support items but {len(ratings)} support ratings")
+        ratings = np.asarray(ratings, dtype=np.float64)
+        bad = np.flatnonzero(~((ratings >= dims.rating_min) & (ratings <= dims.rating_max)))
+        if bad.size:
+            raise ValueError(
+                f"support_ratings[{u}]: rating {ratings[bad[0]]} outside "
+                f"[{dims.rating_min}, {dims.rating_max}]"
+            )
+    return uc
 
 
 class MeLU(nn.Module):

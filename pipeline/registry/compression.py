@@ -16,15 +16,17 @@ import torch
 
 from pipeline.features.store import FeatureSet
 from pipeline.meta.batching import TaskSet
-from pipeline.meta.learner import MetaLearner
-from pipeline.registry.scorer import Compression, Scorer
+from pipeline.meta.learners import Learner
+from pipeline.registry.scorer import Compression, FoldInScorer, Scorer, make_scorer
 
 SUPPORT = 10
 LATENCY_REQUESTS = 40
 WARMUP_REQUESTS = 5
 
 
-def _mae_and_predictions(scorer: Scorer, tasks: TaskSet, picked: np.ndarray) -> tuple[float, np.ndarray]:
+def _mae_and_predictions(
+    scorer: Scorer | FoldInScorer, tasks: TaskSet, picked: np.ndarray
+) -> tuple[float, np.ndarray]:
     predictions, truth = [], []
     for t in picked:
         support_items, support_ratings = tasks.support(t)
@@ -35,7 +37,9 @@ def _mae_and_predictions(scorer: Scorer, tasks: TaskSet, picked: np.ndarray) -> 
     return float(np.abs(pred.astype(np.float64) - true).mean()), pred
 
 
-def _latency_ms(scorer: Scorer, tasks: TaskSet, picked: np.ndarray, rng: np.random.Generator) -> float:
+def _latency_ms(
+    scorer: Scorer | FoldInScorer, tasks: TaskSet, picked: np.ndarray, rng: np.random.Generator
+) -> float:
     times = []
     for i in range(WARMUP_REQUESTS + LATENCY_REQUESTS):
         t = picked[i % picked.size]
@@ -49,7 +53,7 @@ def _latency_ms(scorer: Scorer, tasks: TaskSet, picked: np.ndarray, rng: np.rand
 
 
 def serving_report(
-    learner: MetaLearner, fs: FeatureSet, compression: Compression, seed: int, sample_users: int
+    learner: Learner, fs: FeatureSet, compression: Compression, seed: int, sample_users: int
 ) -> dict[str, float | str]:
     """``serving.float.{mae,latency_ms}``, and with compression also ``serving.<mode>.{mae,latency_ms}``,
     ``serving.mae_change`` (compressed minus float) and ``serving.prediction_change`` (mean |difference|).
@@ -65,7 +69,7 @@ def serving_report(
     torch.set_num_threads(1)
     try:
         for mode in modes:
-            scorer = Scorer(learner, mode)
+            scorer = make_scorer(learner, mode)
             name = "float" if mode == "none" else mode
             mae, pred = _mae_and_predictions(scorer, tasks, picked)
             report[f"serving.{name}.mae"] = mae

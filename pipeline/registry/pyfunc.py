@@ -34,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.features.categorical import encode_user
 from pipeline.features.store import ITEM_TITLES
-from pipeline.meta.learner import MetaLearner, resolve_device
-from pipeline.registry.scorer import NonFiniteScores, Scorer
+from pipeline.meta.learner import resolve_device
+from pipeline.meta.learners import load_learner
+from pipeline.registry.scorer import NonFiniteScores, make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,14 @@ def parse_request(position: int, raw: Any) -> Request:
 
 
 class MetaRecModel(PythonModel):
-    """Pyfunc wrapper around :class:`MetaLearner`; holds no state until ``load_context``."""
+    """Pyfunc wrapper around the trained meta-learner (either ``train.model``); holds no state until
+    ``load_context``."""
 
     def load_context(self, context: PythonModelContext) -> None:
         folder = Path(context.artifacts[MODEL_ARTIFACT])
-        learner = MetaLearner.load(folder, device=resolve_device("auto"))
+        learner = load_learner(folder, device=resolve_device("auto"))
         compression = (context.model_config or {}).get(COMPRESSION_KEY, "none")
-        self._scorer = Scorer(learner, compression)
+        self._scorer = make_scorer(learner, compression)
         self._vocab: dict[str, Any] = json.loads(Path(context.artifacts[VOCAB_ARTIFACT]).read_text())
         item_ids = [str(i) for i in self._vocab["item_ids"]]
         self._item_ids = np.asarray(item_ids, dtype=object)

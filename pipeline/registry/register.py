@@ -40,7 +40,7 @@ from mlflow.exceptions import MlflowException
 from pipeline.data.snapshot import source_digest
 from pipeline.features.store import load_feature_set
 from pipeline.io import read_json, write_json
-from pipeline.meta.learner import MetaLearner
+from pipeline.meta.learners import load_learner
 from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.registry.card import model_card
@@ -430,7 +430,7 @@ def _register(
     gate it; the registration record is logged with the run before the version's ``gate`` tag, which
     marks the registration finished."""
     cfg = params.register
-    learner = MetaLearner.load(paths.model, device="cpu")
+    learner = load_learner(paths.model, device="cpu")
     try:
         serving = serving_report(
             learner, load_feature_set(paths.features), cfg.compression, params.seed, cfg.sample_users

@@ -18,6 +18,11 @@ fast weights live in local variables only.
 
 A score that is not finite (NaN weights, or an adaptation that diverged) is never returned: ``scores``
 raises :class:`NonFiniteScores` instead.
+
+:class:`FoldInScorer` serves the meta-learned fold-in (``train.model: foldin``): the item side (biases
+and factors) is computed once at load, and a request costs one ridge solve of ``factors + 1`` unknowns
+(:meth:`FoldInLearner.adapt_heads`, the solve training and evaluation use) and one matrix-vector product.
+:func:`make_scorer` picks the scorer of a learner.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.meta.foldin import FoldInLearner
 from pipeline.meta.learner import MetaLearner
+from pipeline.meta.learners import Learner
 from pipeline.meta.maml import clip_scale, lr_key
 from pipeline.meta.model import DECISION_PREFIX
 
@@ -226,3 +233,54 @@ class Scorer:
         if trace is not None:
             trace.append(h)
         return h.squeeze(-1)
+
+
+class FoldInScorer:
+    """Scores one user's candidates with the fold-in: the head solved on the user's ratings, the item side
+    cached."""
+
+    def __init__(self, learner: FoldInLearner) -> None:
+        self.learner = learner
+        with torch.no_grad():
+            self._bias, self._x = learner.tower()
+
+    def scores(
+        self,
+        user_cats: np.ndarray,
+        support_items: np.ndarray,
+        support_ratings: np.ndarray,
+        query_items: np.ndarray | None,
+        clip: bool = True,
+        context_items: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """As :meth:`Scorer.scores`; ``context_items`` are not used (the fold-in learns from ratings only)."""
+        device, dims = self.learner.device, self.learner.dims
+        with torch.no_grad():
+            items = torch.as_tensor(np.asarray(support_items, np.int64), device=device)[None]
+            ratings = torch.as_tensor(np.asarray(support_ratings, np.float32), device=device)[None]
+            head = self.learner.adapt_heads(
+                self._bias,
+                self._x,
+                torch.as_tensor(np.asarray(user_cats, np.int64), device=device)[None],
+                items,
+                ratings,
+                torch.ones_like(ratings),
+            )[0]
+            rows = (
+                slice(0, dims.n_items) if query_items is None else torch.as_tensor(query_items, device=device)
+            )
+            pred = self.learner.tower.mean + self._bias[rows] + self._x[rows] @ head
+            pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
+            return _finite(pred.float().cpu().numpy(), len(support_items))
+
+
+def make_scorer(learner: Learner, compression: Compression = "none") -> Scorer | FoldInScorer:
+    """The serving scorer of ``learner``; ``compression`` (``register.compression``) applies to MeLU's MLP."""
+    if isinstance(learner, MetaLearner):
+        return Scorer(learner, compression)
+    if compression != "none":
+        raise ValueError(
+            f"register.compression {compression!r} quantises MeLU's decision MLP (train.model melu); "
+            "the fold-in (train.model foldin) serves in float: set register.compression none"
+        )
+    return FoldInScorer(learner)

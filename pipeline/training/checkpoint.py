@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from pipeline.io import atomic_dir
-from pipeline.meta.learner import MetaLearner, TrainState
+from pipeline.meta.learners import Learner
+from pipeline.meta.loop import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def sha256_file(path: Path) -> str:
 
 
 def save_checkpoint(
-    folder: Path, learner: MetaLearner, state: TrainState, fingerprint: str, keep: int = 3
+    folder: Path, learner: Learner, state: TrainState, fingerprint: str, keep: int = 3
 ) -> Path:
     """Write the checkpoint of ``state.step`` atomically, then drop all but this run's newest ``keep`` (at
     least :data:`MIN_KEEP`): another run's checkpoints (other data, config or seed) can never resume this
@@ -149,7 +150,7 @@ def load_latest(folder: Path, fingerprint: str, device: torch.device) -> Checkpo
     return None
 
 
-def restore(learner: MetaLearner, ckpt: Checkpoint) -> TrainState:
+def restore(learner: Learner, ckpt: Checkpoint) -> TrainState:
     """Load a checkpoint into ``learner``; returns the position to continue from."""
     learner.load_tensors(ckpt.tensors)
     learner.optimizer.load_state_dict(ckpt.optimizer)

@@ -6,7 +6,7 @@
 Rank and world size come from the environment. The tasks of each meta-batch are split across ranks and
 their gradients summed, so N processes train exactly the model one process would at the same global
 meta-batch and seed. Rank 0 writes checkpoints every ``checkpoint_every`` meta-steps and, at the end,
-the model (``MetaLearner.save`` format) with ``history.json``. On start the newest valid checkpoint of
+the model (the learner's ``save`` format) with ``history.json``. On start the newest valid checkpoint of
 the same run is resumed, so ``torchrun --max-restarts=K`` survives a killed worker.
 
 Fault injection for tests: ``METAREC_TEST_CRASH_AT_STEP=k`` makes rank ``METAREC_TEST_CRASH_RANK``
@@ -32,7 +32,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from pipeline.features.store import FeatureSet, load_feature_set
 from pipeline.io import atomic_dir
 from pipeline.meta.config import TrainConfig
-from pipeline.meta.learner import MetaLearner, TrainState
+from pipeline.meta.learners import create_learner
+from pipeline.meta.loop import TrainState
 from pipeline.training import checkpoint, distributed
 
 logger = logging.getLogger("pipeline.training.train")
@@ -64,8 +65,8 @@ def run(features: Path, config: dict[str, Any], out: Path, checkpoints: Path | N
     device = distributed.setup(env, cfg.device)
     try:
         fs = load_feature_set(features)
-        learner = MetaLearner.create(cfg, fs, seed, device=device)
-        sampler = learner.sampler(fs)
+        learner = create_learner(cfg, fs, seed, device=device)
+        sampler: Any = learner.sampler(fs)  # the learner's own kind of sampler
         run_id = fingerprint(cfg, fs, seed)
         state = TrainState()
         ckpt = checkpoint.load_latest(checkpoints, run_id, device) if checkpoints else None
@@ -74,7 +75,7 @@ def run(features: Path, config: dict[str, Any], out: Path, checkpoints: Path | N
             if env.is_main:
                 logger.info("resumed from %s (meta-step %d)", ckpt.path, state.step)
         elif env.distributed:
-            distributed.broadcast_parameters(list(learner.objective.meta_parameters().values()))
+            distributed.broadcast_parameters(learner.meta_parameters())
 
         def on_checkpoint(s: TrainState) -> None:
             if env.is_main and checkpoints is not None:

@@ -22,7 +22,8 @@ meta           inner_lr 0.01-1 log, outer_lr 0.0001-0.03 log, inner_steps 1-10, 
                support_shrinkage 0-50, embedding_dim 16 | 32 | 64
 ============== ===================================================================================
 
-``meta`` is tuned in ``train``, which ``meta_no_text`` and ``finetune`` share: they are not tuned apart.
+``meta`` is tuned in ``train``, which ``meta_no_text`` and ``finetune`` share: they are not tuned apart;
+``meta_foldin`` in ``train.foldin``.
 ``global_mean`` and ``most_popular`` have nothing to tune.
 """
 
@@ -117,7 +118,9 @@ SPACES: dict[str, dict[str, Dimension]] = {
     },
 }
 META = "meta"
-"""The one model of the meta-learner family that is tuned; its values go to ``train``."""
+"""The meta-learner that is tuned in ``train`` (``meta_no_text`` and ``finetune`` share its values)."""
+SECTIONS: dict[str, tuple[str, ...]] = {META: ("train",), "meta_foldin": ("train", "foldin")}
+"""Where the hyperparameters of the models tuned in ``train`` live; every other model's: ``models.<name>``."""
 
 
 def tunable(models: tuple[str, ...]) -> list[str]:
@@ -126,13 +129,16 @@ def tunable(models: tuple[str, ...]) -> list[str]:
 
 
 def section(model: str) -> tuple[str, ...]:
-    """Where ``model``'s hyperparameters live in the params: ``("train",)`` or ``("models", model)``."""
-    return ("train",) if model == META else ("models", model)
+    """Where ``model``'s hyperparameters live in the params: ``SECTIONS``, else ``("models", model)``."""
+    return SECTIONS.get(model, ("models", model))
 
 
 def current(params: Params, model: str) -> dict[str, Any]:
     """``model``'s hyperparameters as ``params`` sets them (all of them, searched or not)."""
-    return params.train.model_dump() if model == META else params.models.of(model)
+    node: Any = params
+    for key in section(model):
+        node = getattr(node, key)
+    return dict(node.model_dump())
 
 
 def suggest(trial: optuna.Trial, model: str) -> dict[str, Any]:

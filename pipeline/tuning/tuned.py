@@ -23,14 +23,16 @@ HEADER = """\
 
 
 def tuned_tree(existing: dict[str, Any], best: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``existing`` overrides with each tuned model's section replaced by its best ``values``."""
+    """``existing`` overrides with each tuned model's section replaced by its best ``values``; sections
+    nested in it (``train.foldin`` in ``train``) belong to other models and stay."""
     tree = {key: dict(value) for key, value in existing.items()}
     for model, result in best.items():
         *parents, leaf = section(model)
         node = tree
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = dict(result["values"])
+        nested = {k: v for k, v in node.get(leaf, {}).items() if isinstance(v, dict)}
+        node[leaf] = nested | dict(result["values"])
     return tree
 
 
