@@ -97,8 +97,9 @@ class FoldInParams(_Section):
 
 
 class TrainParams(_Section):
-    # the meta-learner: melu (MeLU's MLP, adapted by gradient steps) | foldin (a meta-learned fold-in)
-    model: Literal["melu", "foldin"] = "melu"
+    # the meta-learner `meta`: foldin (a meta-learned fold-in) | melu (MeLU's MLP, adapted by gradient
+    # steps; the fields below `foldin` are its hyperparameters)
+    model: Literal["foldin", "melu"] = "foldin"
     foldin: FoldInParams = FoldInParams()
     algorithm: Literal["maml", "fomaml", "metasgd", "joint"] = "maml"
     adapt: Literal["decision", "all"] = "decision"
@@ -160,13 +161,13 @@ ModelName = Literal[
     "most_popular",
     "linear_bias",
     "mf_foldin",
-    "meta_foldin",
     "item_knn",
     "content",
     "cornac_retrain",
     "lightgbm",
     "lightgbm_rank",
     "finetune",
+    "melu",
     "meta",
     "meta_no_text",
 ]
@@ -375,6 +376,15 @@ class Params(BaseModel):
     # `register` shadows only ABCMeta.register (a class attribute); the instance field wins on lookup.
     register: RegisterParams = RegisterParams()
     feedback: FeedbackParams = FeedbackParams()
+
+    @model_validator(mode="after")
+    def _compression_fits_the_model(self) -> Params:
+        if self.register.compression == "int8" and self.train.model != "melu":
+            raise ValueError(
+                "register.compression int8 quantises MeLU's decision MLP (train.model melu); the fold-in "
+                f"(train.model {self.train.model}) serves in float: set register.compression none"
+            )
+        return self
 
     @property
     def validation(self) -> ValidateParams:

@@ -15,6 +15,7 @@ import pytest
 from pipeline.features.store import FeatureSet
 
 CHECKPOINTED_CONFIG: dict[str, object] = {
+    "model": "melu",
     "embedding_dim": 8,
     "hidden": [16, 8],
     "inner_steps": 2,

@@ -31,6 +31,7 @@ N_USERS, N_ITEMS = 60, 24
 LIKES_A = np.arange(0, 12)
 """Half the planted users like items 0-11 and dislike 12-23; the other half the reverse."""
 TRAIN_CONFIG = {
+    "model": "melu",
     "embedding_dim": 8,
     "hidden": [16, 16],
     "inner_steps": 3,

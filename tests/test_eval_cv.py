@@ -345,16 +345,18 @@ def test_build_model_knows_every_name_and_objective() -> None:
         assert not build_model(name, params, seed=0, objective="binary").predicts_ratings
     meta_no_text = build_model("meta_no_text", params, seed=0, objective="binary")
     assert meta_no_text.config["use_text"] is False and meta_no_text.config["objective"] == "binary"  # type: ignore[attr-defined]
-    assert build_model("finetune", params, seed=0).config["algorithm"] == "joint"  # type: ignore[attr-defined]
-    foldin = build_model("meta_foldin", params, seed=0)
-    assert foldin.config["model"] == "foldin" and foldin.known_history  # type: ignore[attr-defined]
+    finetune = build_model("finetune", params, seed=0).config  # type: ignore[attr-defined]
+    assert (finetune["model"], finetune["algorithm"]) == ("melu", "joint")
+    meta, melu = build_model("meta", params, seed=0), build_model("melu", params, seed=0)
+    assert meta.config["model"] == "foldin" and meta.known_history  # type: ignore[attr-defined]
+    assert melu.config["model"] == "melu" and not melu.known_history  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         build_model("svd", params, seed=0)
     random_fits = {
         "meta",
         "meta_no_text",
         "finetune",
-        "meta_foldin",
+        "melu",
         "mf_foldin",
         "cornac_retrain",
         "lightgbm",

@@ -114,13 +114,15 @@ def test_a_learner_returning_too_few_predictions_is_an_error() -> None:
 
 @pytest.mark.slow
 def test_adapter_around_the_real_meta_learner() -> None:
-    """Tiny MetaLearner: the adapter's rows equal the learner's own per-user predictions."""
+    """Tiny MetaLearner (MeLU; the fold-in's adapter is in test_meta_foldin.py): the adapter's rows equal
+    the learner's own per-user predictions."""
     fs, _ = planted_feature_set(n_users=80, n_items=40, per_user=(12, 30), seed=5)
     is_query = ~support_mask(fs.ratings["user_index"], 8, seed=0)
     tasks = {c: fs.ratings[c] for c in ("user_index", "item_index", "rating")} | {"is_query": is_query}
     fs = replace(fs, tasks=tasks)
     fold = kfold_folds(fs.ratings, fs.n_items, 4, 6, 0.1, 20, 10, seed=1)[0]
     config = Params().train.model_dump() | {
+        "model": "melu",
         "epochs": 1,
         "hidden": (16,),
         "embedding_dim": 8,

@@ -39,9 +39,9 @@ def test_ridge_heads_solve_the_masked_normal_equations_and_pass_gradients() -> N
 
 
 def build(objective: str = "regression", seed: int = 0, **foldin: object) -> MetaModel:
-    """``eval.models``' ``meta_foldin``, with ``train.foldin`` set to ``foldin``."""
+    """``eval.models``' ``meta`` (the default ``train.model: foldin``) with ``train.foldin = foldin``."""
     params = Params.model_validate({"train": {"foldin": foldin, "device": "cpu"}})
-    model = build_model("meta_foldin", params, seed=seed, objective=objective)  # type: ignore[arg-type]
+    model = build_model("meta", params, seed=seed, objective=objective)  # type: ignore[arg-type]
     assert isinstance(model, MetaModel)
     return model
 

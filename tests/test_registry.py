@@ -26,7 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from pipeline.features.categorical import encode_user
 from pipeline.features.store import FeatureSet
 from pipeline.meta.learner import MetaLearner
-from pipeline.params import Params, RegisterParams
+from pipeline.params import Params, RegisterParams, TrainParams
 from pipeline.paths import Paths
 from pipeline.registry import register as reg
 from pipeline.registry.pyfunc import DEFAULT_K, RequestError
@@ -421,7 +421,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory, fs: FeatureSet, trained: 
     root = tmp_path_factory.mktemp("project")
     paths = stage_inputs(root, trained, fs)
     git_repo(root)
-    params = Params(register=RegisterParams(min_improvement=0.05, max_p=0.05, compression="int8"))
+    params = Params(
+        train=TrainParams(model="melu"),
+        register=RegisterParams(min_improvement=0.05, max_p=0.05, compression="int8"),
+    )
     results = []
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -21,7 +21,7 @@ from pipeline.evaluation.splits import SCENARIO_NAMES, Role
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.params import Params, ParamsError, load_params, tuned_conflicts
 from pipeline.paths import Paths
-from pipeline.tuning.spaces import SPACES, current, with_values
+from pipeline.tuning.spaces import SPACES, current, section, space, tunable, with_values
 from pipeline.tuning.study import (
     StudyStorageError,
     finished_trials,
@@ -158,61 +158,72 @@ def test_protocol_folds_are_the_folds_evaluate_reports(fs: FeatureSet, tmp_path:
 
 
 def test_every_default_lies_in_its_search_space() -> None:
+    for params in (Params(), load_params(None, ["train.model=melu"])):
+        for model in (*SPACES, "meta", "melu"):
+            values = current(params, model)
+            for name, dim in space(model, params).items():
+                assert values[name] in dim, (model, name, values[name], dim)
+
+
+def test_meta_is_tuned_as_its_learner_and_each_learner_keeps_its_section() -> None:
+    """``meta`` is tuned as the learner ``train.model`` names: the fold-in in ``train.foldin``, nested in
+    MeLU's ``train``; tuning either replaces its own values only. ``melu`` is MeLU's study, left out when
+    ``meta`` is MeLU too."""
     params = Params()
-    for model, space in SPACES.items():
-        values = current(params, model)
-        for name, dim in space.items():
-            assert values[name] in dim, (model, name, values[name], dim)
-
-
-def test_the_fold_in_is_tuned_in_train_foldin_and_keeps_its_section_when_meta_is_tuned() -> None:
-    """``meta_foldin``'s values live in ``train.foldin``, nested in ``meta``'s ``train``: tuning either
-    replaces its own values only."""
     foldin = {"factors": 16, "epochs": 9, "learning_rate": 0.01, "item_dropout": 0.2, "init_precision": 2.0}
-    tree = tuned_tree({"models": {"popularity": {"damping": 3.0}}}, {"meta_foldin": {"values": foldin}})
+    assert section("meta", params) == ("train", "foldin") and set(space("meta", params)) == set(foldin)
+    assert section("melu", params) == ("train",) and "inner_lr" in space("melu", params)
+    tree = tuned_tree({"models": {"popularity": {"damping": 3.0}}}, {"meta": {"values": foldin}}, params)
     assert tree == {"models": {"popularity": {"damping": 3.0}}, "train": {"foldin": foldin}}
-    tree = tuned_tree(tree, {"meta": {"values": {"inner_lr": 0.5}}})
+    tree = tuned_tree(tree, {"melu": {"values": {"inner_lr": 0.5}}}, params)
     assert tree["train"] == {"foldin": foldin, "inner_lr": 0.5}
-    params = with_values(Params(), "meta_foldin", foldin)
-    assert current(params, "meta_foldin") | foldin == current(params, "meta_foldin")
-    assert params.train.foldin.factors == 16 and params.train.inner_lr == Params().train.inner_lr
+    tuned = with_values(params, "meta", foldin)
+    assert current(tuned, "meta") == current(params, "meta") | foldin
+    assert tuned.train.foldin.factors == 16 and tuned.train.inner_lr == params.train.inner_lr
+    assert tunable(("popularity", "melu", "meta", "finetune"), params) == ["popularity", "melu", "meta"]
+    melu = load_params(None, ["train.model=melu"])
+    assert section("meta", melu) == ("train",) and tunable(("melu", "meta"), melu) == ["meta"]
 
 
 def test_tune_writes_the_best_values_and_records_the_trials(
     fs: FeatureSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str
 ) -> None:
-    """Two mf_foldin trials and one meta trial (1 epoch) end to end: the tuned file holds each model's
-    best values, inside the space; load_params applies it; MLflow holds a parent run per tuning and a
-    child run per trial; a second run with the same settings resumes the finished studies."""
+    """Two mf_foldin trials, then one trial each of MeLU (1 epoch) and of meta (the fold-in), end to end:
+    the tuned file holds each model's best values, inside the space, in its own section; load_params
+    applies it; MLflow holds a parent run per tuning and a child run per trial; a second run with the same
+    settings resumes the finished studies."""
     paths = _project(tmp_path, fs, monkeypatch, mlflow_uri)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2, "foldin": {"epochs": 5}}}))
     base = load_params(tmp_path / "params.yaml", SMALL)
     first = tune(
         load_params(tmp_path / "params.yaml", [*SMALL, "tune.models=[mf_foldin]", "tune.trials=2"]), paths
     )
     second = tune(
-        load_params(tmp_path / "params.yaml", [*SMALL, "tune.models=[meta]", "tune.trials=1"]), paths
+        load_params(tmp_path / "params.yaml", [*SMALL, "tune.models=[melu, meta]", "tune.trials=1"]), paths
     )
 
-    mf, meta = first["models"]["mf_foldin"], second["models"]["meta"]
+    mf, melu, meta = first["models"]["mf_foldin"], second["models"]["melu"], second["models"]["meta"]
     studies = {
         m: optuna.load_study(study_name=r["models"][m]["study"], storage=open_storage(paths.tuning_storage))
-        for m, r in (("mf_foldin", first), ("meta", second))
+        for m, r in (("mf_foldin", first), ("melu", second), ("meta", second))
     }
     for model, study in studies.items():  # each study starts from the values params.yaml sets
-        assert study.trials[0].params == {k: current(base, model)[k] for k in SPACES[model]}
-    assert (mf["trials"], mf["metric"], meta["trials"], meta["metric"]) == (2, "mae", 1, "mae")
-    assert 0 < mf["value"] < 4 and 0 < meta["value"] < 4
+        assert study.trials[0].params == {k: current(base, model)[k] for k in space(model, base)}
+    assert [(r["trials"], r["metric"]) for r in (mf, melu, meta)] == [(2, "mae"), (1, "mae"), (1, "mae")]
+    assert all(0 < r["value"] < 4 for r in (mf, melu, meta))
     tuned = yaml.safe_load(paths.tuned_params("params/tuned.yaml").read_text())
-    expected = {"models": {"mf_foldin": mf["values"]}, "train": meta["values"]}
+    expected = {"models": {"mf_foldin": mf["values"]}, "train": {**melu["values"], "foldin": meta["values"]}}
     assert tuned == expected  # the second tuning kept the first one's section
-    for model, values in (("mf_foldin", mf["values"]), ("meta", meta["values"])):
-        assert set(values) == set(SPACES[model])
-        assert all(v in SPACES[model][k] for k, v in values.items())
+    for model, values in (("mf_foldin", mf["values"]), ("melu", melu["values"]), ("meta", meta["values"])):
+        assert set(values) == set(space(model, base))
+        assert all(v in space(model, base)[k] for k, v in values.items())
     applied = load_params(tmp_path / "params.yaml", SMALL)
     assert applied.models.mf_foldin.model_dump() == base.models.mf_foldin.model_dump() | mf["values"]
-    assert applied.train.model_dump() == base.train.model_dump() | meta["values"]
-    assert applied.train.epochs == 2  # trials trained 1 epoch; the tuned file leaves epochs alone
+    assert applied.train.foldin.model_dump() == base.train.foldin.model_dump() | meta["values"]
+    assert applied.train.model_dump() == base.train.model_dump() | melu["values"] | {
+        "foldin": applied.train.foldin.model_dump()
+    }
+    assert applied.train.epochs == 2  # MeLU's trials trained 1 epoch; the tuned file leaves epochs alone
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     experiment = client.get_experiment_by_name("metarec-tune")
@@ -220,13 +231,12 @@ def test_tune_writes_the_best_values_and_records_the_trials(
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    by_parent = {
-        p.info.run_id: [c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id]
-        for p in parents
-    }
-    assert sorted(len(c) for c in by_parent.values()) == [1, 2]
-    mf_runs = next(c for c in by_parent.values() if len(c) == 2)
-    assert {r.data.tags["model"] for r in mf_runs} == {"mf_foldin"}
+    by_parent = [[c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id] for p in parents]
+    assert sorted(sorted(r.data.tags["model"] for r in c) for c in by_parent) == [
+        ["melu", "meta"],
+        ["mf_foldin", "mf_foldin"],
+    ]
+    mf_runs = [r for r in children if r.data.tags["model"] == "mf_foldin"]
     assert min(r.data.metrics["mae"] for r in mf_runs) == pytest.approx(mf["value"])
     assert all(set(r.data.params) == set(SPACES["mf_foldin"]) for r in mf_runs)
     assert {p.data.metrics.get("best.mf_foldin.mae") for p in parents} >= {mf["value"]}
@@ -334,7 +344,9 @@ def test_a_params_file_in_a_subfolder_reads_the_tuned_file_where_tune_writes_it(
     assert load_params(alone / "run.yaml").train.inner_steps == 4
     shipped = yaml.safe_load((REPO / "params" / "tuned-ml1m.yaml").read_text()) or {}
     ml1m = load_params(REPO / "params" / "ml1m.yaml")
-    assert ml1m.train.model_dump() == ml1m.train.model_dump() | shipped.get("train", {})
+    train = dict(shipped.get("train", {}))
+    assert ml1m.train.foldin.model_dump() == ml1m.train.foldin.model_dump() | train.pop("foldin", {})
+    assert ml1m.train.model_dump() == ml1m.train.model_dump() | train
     for name, values in shipped.get("models", {}).items():
         assert ml1m.models.of(name) == ml1m.models.of(name) | values
 

@@ -21,8 +21,8 @@ from pipeline.params import ModelName, Params
 META_FAMILY: dict[str, dict[str, Any]] = {
     "meta": {},
     "meta_no_text": {"use_text": False},
-    "finetune": {"algorithm": "joint"},
-    "meta_foldin": {"model": "foldin"},
+    "melu": {"model": "melu"},
+    "finetune": {"model": "melu", "algorithm": "joint"},
 }
 # the models under test; every other model is a baseline they are compared against
 META_MODELS = ("meta", "meta_no_text")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-MODELS = ("melu", "foldin")
+MODELS = ("foldin", "melu")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "joint")
 ADAPT = ("decision", "all")
 IMPLS = ("loop", "vmap", "graph")
@@ -51,7 +51,7 @@ class TrainConfig:
     (``regression`` on explicit ratings, ``binary`` on 0/1 implicit labels).
     """
 
-    model: str = "melu"
+    model: str = "foldin"
     foldin: FoldInConfig = field(default_factory=FoldInConfig)
     algorithm: str = "maml"
     adapt: str = "decision"

@@ -107,7 +107,7 @@ class MetaLearner:
         device: torch.device | None = None,
     ) -> MetaLearner:
         """A new learner for the users and items of ``fs``; ``config``: TrainParams fields."""
-        cfg = TrainConfig.from_dict(config)
+        cfg = replace(TrainConfig.from_dict(config), model="melu")
         text = fs.item_text if cfg.use_text else fs.item_text[:, :0]
         binary = cfg.objective == "binary"
         dims = ModelDims(
@@ -357,7 +357,9 @@ class MetaLearner:
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         # models saved before support_shrinkage / inner_grad_clip existed adapted without them
-        cfg = TrainConfig.from_dict({"support_shrinkage": 0.0, "inner_grad_clip": 0.0, **meta["train"]})
+        cfg = TrainConfig.from_dict(
+            {"support_shrinkage": 0.0, "inner_grad_clip": 0.0, **meta["train"], "model": "melu"}
+        )
         dims = ModelDims.from_dict(meta["dims"])
         model = build_model(dims, cfg)
         learner = cls(

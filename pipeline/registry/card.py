@@ -47,6 +47,12 @@ def model_card(
     """The card of a version trained with ``params``, evaluated in ``cv``; ``serving`` holds the
     compression mode and its measured accuracy and latency beside the float model."""
     p, t = params, params.train
+    adaptation = (
+        f"a ridge solve of the user's bias and {t.foldin.factors} factors towards a learned prior: the "
+        "meta-learned fold-in"
+        if t.model == "foldin"
+        else f"{t.algorithm}, {t.inner_steps} inner steps on the `{t.adapt}` parameters of MeLU's MLP"
+    )
     fields = ", ".join(vocab.get("user_fields", [])) or "none"
     serving_rows = "\n".join(f"| {key} | {_cell(value)} |" for key, value in serving.items())
     lineage_rows = "\n".join(f"| {key} | `{value}` |" for key, value in lineage.items())
@@ -57,7 +63,7 @@ def model_card(
 
 Rating prediction and top-k recommendation for users the system has barely seen. A request carries one
 user's few ratings (possibly none) and optional attributes ({fields}); the model adapts to them
-({t.algorithm}, {t.inner_steps} inner steps on the `{t.adapt}` parameters) and ranks the candidate
+({adaptation}) and ranks the candidate
 items (default: every known item the user did not rate). Served with
 `mlflow models serve -m models:/{p.register.model_name}@champion`.
 

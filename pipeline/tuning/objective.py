@@ -15,7 +15,7 @@ from pipeline.evaluation.cv import ProtocolFolds
 from pipeline.evaluation.models import build_model
 from pipeline.evaluation.scenarios import score_scenarios
 from pipeline.params import Params
-from pipeline.tuning.spaces import META, suggest, with_values
+from pipeline.tuning.spaces import learner, suggest, with_values
 from pipeline.tuning.tracking import TuningRuns
 from pipeline.tuning.validation import ValidationSplit
 
@@ -36,9 +36,10 @@ def validation_score(
 
 
 def trial_params(params: Params, model: str, values: dict[str, Any]) -> Params:
-    """``params`` with a trial's sampled ``values``; a ``meta`` trial trains
-    ``round(train.epochs * tune.epochs_scale)`` epochs, at least one."""
-    if model == META:
+    """``params`` with a trial's sampled ``values``; a trial of MeLU (``melu``, or ``meta`` with
+    ``train.model: melu``) trains ``round(train.epochs * tune.epochs_scale)`` epochs, at least one (the
+    fold-in's epochs are one of its searched values)."""
+    if learner(model, params) == "melu":
         values = values | {"epochs": max(1, round(params.train.epochs * params.tune.epochs_scale))}
     return with_values(params, model, values)
 
@@ -57,7 +58,7 @@ class Objective:
     runs: TuningRuns
 
     def __call__(self, trial: optuna.Trial) -> float:
-        values = suggest(trial, self.model)
+        values = suggest(trial, self.model, self.params)
         params = trial_params(self.params, self.model, values)
         run_id = self.runs.start_trial(self.model, self.study, trial.number, values)
         status = "FAILED"

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.params import Params
 from pipeline.registry.register import redact
-from pipeline.tuning.spaces import SPACES, current
+from pipeline.tuning.spaces import current, space
 
 Direction = Literal["minimize", "maximize"]
 IGNORED_TUNE_KEYS = ("trials", "models", "storage", "experiment")
@@ -75,7 +75,7 @@ def study_name(params: Params, model: str, data: str) -> str:
     relevant = {key: tree[key] for key in ("seed", "data", "validate", "features", "task")}
     relevant["eval"] = {k: v for k, v in tree["eval"].items() if k not in ("models", "workers")}
     relevant["tune"] = {k: v for k, v in tree["tune"].items() if k not in IGNORED_TUNE_KEYS}
-    relevant["model"] = {k: v for k, v in current(params, model).items() if k not in SPACES[model]}
+    relevant["model"] = {k: v for k, v in current(params, model).items() if k not in space(model, params)}
     blob = json.dumps([relevant, data], sort_keys=True).encode()
     return f"{params.tune.study_prefix}-{model}-{hashlib.sha256(blob).hexdigest()[:10]}"
 

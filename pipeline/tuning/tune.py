@@ -25,7 +25,7 @@ from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.progress import Progress
 from pipeline.tuning.objective import Objective
-from pipeline.tuning.spaces import SPACES, current, tunable
+from pipeline.tuning.spaces import TUNABLE, current, space, tunable
 from pipeline.tuning.study import (
     Direction,
     data_digest,
@@ -50,13 +50,13 @@ study goes on; any other error stops the tuning."""
 def models_to_tune(params: Params) -> list[str]:
     """``tune.models``, or every model of ``eval.models`` with a search space; each must have one."""
     if params.tune.models is None:
-        models = tunable(params.eval.models)
+        models = tunable(params.eval.models, params)
         if not models:
             raise ValueError(f"eval.models {list(params.eval.models)}: none has hyperparameters to tune")
         return models
-    fixed = [m for m in params.tune.models if m not in SPACES]
+    fixed = [m for m in params.tune.models if m not in TUNABLE]
     if fixed:
-        raise ValueError(f"tune.models: {fixed} have no search space; tunable: {sorted(SPACES)}")
+        raise ValueError(f"tune.models: {fixed} have no search space; tunable: {sorted(TUNABLE)}")
     return list(params.tune.models)
 
 
@@ -85,7 +85,7 @@ def start_from_params(study: optuna.Study, params: Params, model: str) -> None:
     are never worse on the validation users than the ones they replace (it counts in the budget)."""
     if not study.get_trials(deepcopy=False):
         values = current(params, model)
-        study.enqueue_trial({name: values[name] for name in SPACES[model]})
+        study.enqueue_trial({name: values[name] for name in space(model, params)})
 
 
 def tune(params: Params, paths: Paths) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def tune(params: Params, paths: Paths) -> dict[str, Any]:
                 optimize(study, url, objective, cfg.trials, TRIAL_ERRORS, [lambda *_: bar.update()])
             best[model] = _best(study, name, metric)
             log.info("%s: best %s %.4f with %s", model, metric, best[model]["value"], best[model]["values"])
-        text = write_tuned(target, best)
+        text = write_tuned(target, best, params)
         runs.finish(best, text)
     return {"tuned": str(target), "models": best}
 

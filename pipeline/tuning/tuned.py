@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from pipeline.io import write_text
-from pipeline.params import read_tuned
+from pipeline.params import Params, read_tuned
 from pipeline.tuning.spaces import section
 
 HEADER = """\
@@ -22,12 +22,12 @@ HEADER = """\
 """
 
 
-def tuned_tree(existing: dict[str, Any], best: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def tuned_tree(existing: dict[str, Any], best: dict[str, dict[str, Any]], params: Params) -> dict[str, Any]:
     """``existing`` overrides with each tuned model's section replaced by its best ``values``; sections
     nested in it (``train.foldin`` in ``train``) belong to other models and stay."""
     tree = {key: dict(value) for key, value in existing.items()}
     for model, result in best.items():
-        *parents, leaf = section(model)
+        *parents, leaf = section(model, params)
         node = tree
         for key in parents:
             node = node.setdefault(key, {})
@@ -40,9 +40,9 @@ def tuned_text(tree: dict[str, Any]) -> str:
     return HEADER + yaml.safe_dump(tree, sort_keys=True, default_flow_style=False)
 
 
-def write_tuned(path: Path, best: dict[str, dict[str, Any]]) -> str:
-    """Merge ``best`` (``{model: {"values": {...}, ...}}``) into the tuned-params file ``path``; return
-    the text written."""
-    text = tuned_text(tuned_tree(read_tuned(path), best))
+def write_tuned(path: Path, best: dict[str, dict[str, Any]], params: Params) -> str:
+    """Merge ``best`` (``{model: {"values": {...}, ...}}``, tuned under ``params``) into the tuned-params
+    file ``path``; return the text written."""
+    text = tuned_text(tuned_tree(read_tuned(path), best, params))
     write_text(text, path)
     return text
