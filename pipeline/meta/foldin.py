@@ -21,7 +21,6 @@ all solve a user's head with it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,20 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pipeline.features.store import FeatureSet
-from pipeline.io import atomic_dir
+from pipeline.meta import saved
 from pipeline.meta.batching import pad_tasks
 from pipeline.meta.config import FoldInConfig, TrainConfig
 from pipeline.meta.learner import resolve_device
 from pipeline.meta.loop import GradReducer, TrainState, apply_gradients, train_loop
 from pipeline.meta.model import ModelDims, check_adapt_inputs
 
-WEIGHTS = "weights.safetensors"
-CONFIG = "config.json"
-FORMAT_VERSION = 1
 PREDICT_CHUNK = 256
 WARMUP = 0.1
 """Share of the steps over which the learning rate rises (one-cycle schedule)."""
@@ -410,35 +405,24 @@ class FoldInLearner:
         self.tower.load_state_dict(tensors, strict=True)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "seed": self.seed,
-            "train": self.config.to_dict(),
-            "dims": self.dims.to_dict(),
-        }
+        return saved.description(self.seed, self.config.to_dict(), self.dims.to_dict())
 
     def write(self, folder: Path) -> None:
         """Write ``weights.safetensors`` and ``config.json`` into an existing folder (not atomic)."""
-        save_file(self.tensors(), str(Path(folder) / WEIGHTS))
-        (Path(folder) / CONFIG).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+        saved.write(folder, self.tensors(), self.describe())
 
     def save(self, folder: Path) -> None:
         """Replace ``folder`` atomically with the weights (safetensors) and config.json."""
-        with atomic_dir(Path(folder)) as tmp:
-            self.write(tmp)
+        saved.save(folder, self.tensors(), self.describe())
 
     @classmethod
     def load(cls, folder: Path, device: torch.device | str | None = None) -> FoldInLearner:
         """Rebuild a saved learner on ``device`` (default: CUDA when available)."""
-        meta = json.loads((Path(folder) / CONFIG).read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{Path(folder) / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
-            )
+        meta = saved.read_description(folder)
         cfg = TrainConfig.from_dict(meta["train"])
         tower = ItemTower(ModelDims.from_dict(meta["dims"]), cfg.foldin)
         where = torch.device(device) if device is not None else resolve_device("auto")
         learner = cls(tower, cfg, int(meta["seed"]), where)
-        learner.load_tensors(load_file(str(Path(folder) / WEIGHTS), device=str(learner.device)))
+        learner.load_tensors(saved.read_weights(folder, learner.device))
         learner.tower.eval()
         return learner

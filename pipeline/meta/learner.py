@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -12,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from pipeline.features.store import FeatureSet
-from pipeline.io import atomic_dir
+from pipeline.meta import saved
 from pipeline.meta.batching import TaskBatch, TaskSampler, TaskSet, pad_tasks
 from pipeline.meta.config import TrainConfig
 from pipeline.meta.loop import GradReducer, TrainState, apply_gradients, train_loop
@@ -25,9 +23,6 @@ from pipeline.meta.model import MeLU, ModelDims, check_adapt_inputs
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS = "weights.safetensors"
-CONFIG = "config.json"
-FORMAT_VERSION = 1
 PREDICT_CHUNK = 128
 
 
@@ -329,33 +324,20 @@ class MetaLearner:
                     self.inner_lrs[k].copy_(v)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "seed": self.seed,
-            "train": self.config.to_dict(),
-            "dims": self.model.dims.to_dict(),
-        }
+        return saved.description(self.seed, self.config.to_dict(), self.model.dims.to_dict())
 
     def write(self, folder: Path) -> None:
         """Write ``weights.safetensors`` and ``config.json`` into an existing folder (not atomic)."""
-        save_file(self.tensors(), str(Path(folder) / WEIGHTS))
-        (Path(folder) / CONFIG).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+        saved.write(folder, self.tensors(), self.describe())
 
     def save(self, folder: Path) -> None:
         """Replace ``folder`` atomically with the weights (safetensors) and config.json."""
-        with atomic_dir(Path(folder)) as tmp:
-            self.write(tmp)
+        saved.save(folder, self.tensors(), self.describe())
 
     @classmethod
     def load(cls, folder: Path, device: torch.device | str | None = None) -> MetaLearner:
         """Rebuild a saved learner on ``device`` (default: CUDA when available, whatever it trained on)."""
-        folder = Path(folder)
-        for name in (WEIGHTS, CONFIG):
-            if not (folder / name).exists():
-                raise FileNotFoundError(f"{folder / name}: missing; not a saved MetaLearner folder")
-        meta = json.loads((folder / CONFIG).read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{folder / CONFIG}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+        meta = saved.read_description(folder)
         # models saved before support_shrinkage / inner_grad_clip existed adapted without them
         cfg = TrainConfig.from_dict(
             {"support_shrinkage": 0.0, "inner_grad_clip": 0.0, **meta["train"], "model": "melu"}
@@ -369,5 +351,5 @@ class MetaLearner:
             int(meta["seed"]),
             torch.device(device) if device is not None else resolve_device("auto"),
         )
-        learner.load_tensors(load_file(str(folder / WEIGHTS), device=str(learner.device)))
+        learner.load_tensors(saved.read_weights(folder, learner.device))
         return learner

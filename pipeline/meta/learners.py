@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,9 @@ import torch
 
 from pipeline.features.store import FeatureSet
 from pipeline.meta.config import TrainConfig
-from pipeline.meta.foldin import CONFIG, FoldInLearner
+from pipeline.meta.foldin import FoldInLearner
 from pipeline.meta.learner import MetaLearner
+from pipeline.meta.saved import read_description
 
 Learner = MetaLearner | FoldInLearner
 
@@ -27,8 +27,5 @@ def create_learner(
 
 def load_learner(folder: Path, device: torch.device | str | None = None) -> Learner:
     """The learner saved in ``folder`` (``write``/``save`` format), of the kind its config names."""
-    path = Path(folder) / CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; not a saved meta-learner folder")
-    model = json.loads(path.read_text()).get("train", {}).get("model", "melu")
+    model = read_description(folder)["train"].get("model", "melu")
     return (FoldInLearner if model == "foldin" else MetaLearner).load(Path(folder), device)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.io import write_json
-from pipeline.meta.learner import WEIGHTS
+from pipeline.meta.saved import WEIGHTS
 from pipeline.training.launch import train_distributed
 
 if TYPE_CHECKING:
