@@ -94,6 +94,9 @@ class FoldInParams(_Section):
     max_support: PositiveInt = 100
     max_query: PositiveInt = 100
     init_precision: PositiveFloat = 5.0
+    # weight of the ranking head's loss (a softmax over the items, from the user's implicit fold-in); 0: no
+    # ranking head, top-k ranks by predicted rating
+    rank_weight: Annotated[float, Field(ge=0)] = 1.0
 
 
 class TrainParams(_Section):

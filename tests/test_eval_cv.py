@@ -51,6 +51,7 @@ EXPLICIT_METRICS = [
     "f1@10",
     "hr@10",
     "mrr@10",
+    "ndcg_all@10",
 ]
 SCORING = Scoring(implicit=False, relevance=4.0, ndcg_ks=(1, 3, 5), top_k=10)
 
@@ -331,7 +332,18 @@ def test_format_table_shows_every_model_and_metric(result: Evaluation) -> None:
     assert f"{lb['mean']:.4f} ± {lb['std']:.4f}" in next(line for line in lines if "linear_bias" in line)
     assert len(lines) == 3 + 4 * 4
     default = format_table(result.cv).splitlines()[1].split()
-    assert default == ["scenario", "model", "mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "recall@10", "hr@10"]
+    assert default == [
+        "scenario",
+        "model",
+        "mae",
+        "rmse",
+        "ndcg@1",
+        "ndcg@3",
+        "ndcg@5",
+        "recall@10",
+        "hr@10",
+        "ndcg_all@10",
+    ]
 
 
 def test_build_model_knows_every_name_and_objective() -> None:

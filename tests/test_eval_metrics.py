@@ -205,7 +205,14 @@ def test_topk_metrics_by_hand() -> None:
     user, item, score, relevant = _topk_example()
     got = topk_metrics(user, item, score, relevant, k=3)
     assert got == pytest.approx(
-        {"precision@3": (1 / 3) / 3, "recall@3": 1 / 3, "f1@3": 0.5 / 3, "hr@3": 1 / 3, "mrr@3": (1 / 2) / 3}
+        {
+            "precision@3": (1 / 3) / 3,
+            "recall@3": 1 / 3,
+            "f1@3": 0.5 / 3,
+            "hr@3": 1 / 3,
+            "mrr@3": (1 / 2) / 3,
+            "ndcg_all@3": (1 / np.log2(3)) / 3,  # user 1: its one relevant item at rank 2, ideal rank 1
+        }
     )
     users, values = per_user_topk(user, item, score, relevant, k=3)
     assert users.tolist() == [0, 1, 3]
@@ -219,6 +226,8 @@ def test_topk_metrics_by_hand() -> None:
             "f1@4": (1 / 3 + 0.4) / 3,
             "hr@4": 2 / 3,
             "mrr@4": (1 / 4 + 1 / 2) / 3,
+            # user 0: a hit at rank 4 of an ideal two at ranks 1 and 2
+            "ndcg_all@4": ((1 / np.log2(5)) / (1 + 1 / np.log2(3)) + 1 / np.log2(3)) / 3,
         }
     )
     # a constant score: every relevant item ranks after the non-relevant ones, so only user 1, whose two
@@ -237,7 +246,7 @@ def _topk_reference(
 ) -> dict[str, float]:
     """Per user with a relevant item: sort its candidates by (-score, relevant, item) and count, in plain
     Python."""
-    out: dict[str, list[float]] = {m: [] for m in ("precision", "recall", "f1", "hr", "mrr")}
+    out: dict[str, list[float]] = {m: [] for m in ("precision", "recall", "f1", "hr", "mrr", "ndcg_all")}
     for u in sorted(set(user.tolist())):
         rel = relevant.get(u, set())
         if not rel:
@@ -252,6 +261,8 @@ def _topk_reference(
         out["f1"].append(2 * p * r / (p + r) if hits else 0.0)
         out["hr"].append(float(hits > 0))
         out["mrr"].append(next((1 / (n + 1) for n, i in enumerate(top) if i in rel), 0.0))
+        dcg = sum(1 / math.log2(n + 2) for n, i in enumerate(top) if i in rel)
+        out["ndcg_all"].append(dcg / sum(1 / math.log2(n + 2) for n in range(min(k, len(rel)))))
     return {f"{m}@{k}": float(np.mean(v)) for m, v in out.items()}
 
 

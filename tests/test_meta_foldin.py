@@ -1,6 +1,7 @@
 """The meta-learned fold-in (``train.model: foldin``): its closed-form inner loop against the normal
 equations, its predictions against a per-user reference solve, that meta-training makes the fold-in
-learn, and that a saved learner predicts as the trained one."""
+learn, the ranking head's implicit fold-in against its normal equations and that it learns which items a
+user will rate, and that a saved learner predicts as the trained one."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import torch
 
 from pipeline.baselines.mf_foldin import MFFoldIn
 from pipeline.evaluation.meta_adapter import MetaModel
-from pipeline.evaluation.metrics import mae
+from pipeline.evaluation.metrics import mae, topk_metrics, unseen_candidates
 from pipeline.evaluation.models import build_model
+from pipeline.evaluation.scenarios import Scoring, score_scenarios
+from pipeline.evaluation.splits import Scenario
+from pipeline.features.store import FeatureSet
 from pipeline.meta.foldin import FoldInLearner, ridge_heads
 from pipeline.meta.learners import load_learner
 from pipeline.params import Params
 from pipeline.registry.scorer import make_scorer
 from tests.baseline_fixtures import new_user_case
-from tests.test_baselines_cf import low_rank, rows
+from tests.test_baselines_cf import feature_set, low_rank, rows
 
 
 def test_ridge_heads_solve_the_masked_normal_equations_and_pass_gradients() -> None:
@@ -64,8 +68,8 @@ def test_predict_is_the_ridge_solve_over_a_users_training_and_support_rows(tmp_p
     query = {"user_index": np.array([38, 5, 39, 38]), "item_index": np.array([2, 3, 6, 9])}
     got = model.predict(fs, support, query)
     with torch.no_grad():
-        bias, x_all = learner.tower()
-        x, b = x_all.double().numpy(), bias.double().numpy()
+        side = learner.tower()
+        x, b = side.x.double().numpy(), side.bias.double().numpy()
         lam = np.diag(learner.tower.log_precision.exp().double().numpy())
         prior = learner.tower.user_prior(torch.as_tensor(fs.user_cats)).double().numpy()
         mean = float(learner.tower.mean)
@@ -162,3 +166,90 @@ def test_the_served_scorer_solves_as_adapt_predict_and_serves_in_float() -> None
     assert unclipped.shape == (fs.n_items,) and np.isfinite(unclipped).all()
     with pytest.raises(ValueError, match=r"register\.compression 'int8'.*set register\.compression none"):
         make_scorer(learner, "int8")
+
+
+def test_the_ranking_state_is_the_implicit_fold_in_of_a_users_items() -> None:
+    """``rank`` scores ``c_i + g_i·v_u``, ``v_u`` solved from the normal equations of the user's training
+    plus support items (all trained items weak negatives); a user without ratings ranks by ``c_i``; the
+    served scorer ranks alike, and ``rank_weight: 0`` leaves no ranking head."""
+    fs, _ = low_rank(n_users=30, n_items=15, rank=2, per_user=6, noise=0.1, seed=5)
+    train = {c: v[fs.ratings["user_index"] < 28] for c, v in fs.ratings.items()}
+    model = build(factors=3, hidden=8, epochs=2)
+    model.fit(fs, train)
+    learner = learner_of(model)
+    assert model.ranks and learner.ranks
+    support = rows([28, 28, 4], [1, 6, 0], [5.0, 2.0, 4.0])
+    query = {"user_index": np.array([28, 28, 4, 29]), "item_index": np.array([2, 3, 9, 5])}
+    got = model.rank(fs, support, query)
+    with torch.no_grad():
+        side = learner.tower()
+        g, c = side.rank_x.double().numpy(), side.rank_bias.double().numpy()
+        alpha = float(learner.tower.log_rank_alpha.exp())
+        lam = np.diag(learner.tower.log_rank_precision.exp().double().numpy())
+    trained = g[np.unique(train["item_index"])]
+    gram = trained.T @ trained / len(trained)
+    want = []
+    for u, i in zip(query["user_index"], query["item_index"], strict=True):
+        mine, new = train["user_index"] == u, support["user_index"] == u
+        items = np.unique(
+            np.r_[train["item_index"][mine], support["item_index"][new]]
+        )  # a repeat counts once
+        state = np.linalg.solve(g[items].T @ g[items] + alpha * gram + lam, g[items].sum(0))
+        want.append(c[i] + g[i] @ state)
+    assert got == pytest.approx(np.array(want), abs=1e-5)
+    assert got[3] == pytest.approx(c[5], abs=1e-6)  # no ratings: the ranking bias alone
+    scorer = make_scorer(learner)
+    [served] = learner.adapt_rank(
+        fs.user_cats[[28]], [np.array([1, 6])], [np.array([5.0, 2.0])], [np.arange(15)]
+    )
+    assert scorer.ranking(np.array([1, 6]), None) == pytest.approx(served, abs=1e-5)
+    assert not build(factors=3, rank_weight=0.0).ranks
+
+
+def two_tastes(seed: int) -> FeatureSet:
+    """200 users in two groups, each rating 8 items of its own half of 40 items (more often the half's
+    first items); the ratings themselves are noise, so only the ranking head can tell the groups apart."""
+    rng = np.random.default_rng(seed)
+    popularity = np.r_[np.linspace(2, 1, 20), np.linspace(2, 1, 20)]
+    user, item = [], []
+    for u in range(200):
+        half = np.arange(20) + 20 * (u % 2)
+        p = popularity[half] / popularity[half].sum()
+        user += [u] * 8
+        item += list(rng.choice(half, 8, replace=False, p=p))
+    rating = rng.integers(1, 6, len(user)).astype(float)
+    return feature_set(
+        200, 40, {"user_index": np.array(user), "item_index": np.array(item), "rating": rating}
+    )
+
+
+def test_the_ranking_head_learns_which_items_a_new_user_rates_and_top_k_uses_it() -> None:
+    """New users' top-5 from 3 support items: the ranking head finds the user's half (recall far above
+    ranking by predicted rating), and the evaluation's top-k metrics are those of the ranking head."""
+    fs = two_tastes(seed=0)
+    new = fs.ratings["user_index"] >= 160
+    train = {c: v[~new] for c, v in fs.ratings.items()}
+    first = np.r_[True, fs.ratings["user_index"][1:] != fs.ratings["user_index"][:-1]]
+    position = np.arange(new.size) - np.maximum.accumulate(np.where(first, np.arange(new.size), 0))
+    support = {c: v[new & (position < 3)] for c, v in fs.ratings.items()}
+    query = {c: v[new & (position >= 3)] for c, v in fs.ratings.items()}
+    model = build(factors=4, hidden=8, epochs=30, batch=32, learning_rate=0.02, item_dropout=0.0)
+    model.fit(fs, train)
+    users = np.arange(160, 200)
+    cand_user, cand_item = unseen_candidates(users, 40, support["user_index"], support["item_index"])
+    candidates = {"user_index": cand_user, "item_index": cand_item}
+    relevant = (query["user_index"], query["item_index"])
+    by_rank = topk_metrics(cand_user, cand_item, model.rank(fs, support, candidates), relevant, k=5)
+    by_rating = topk_metrics(cand_user, cand_item, model.predict(fs, support, candidates), relevant, k=5)
+    assert by_rank["recall@5"] > 0.35 and by_rank["recall@5"] > by_rating["recall@5"] + 0.15
+    scenario = Scenario(
+        name="new_user",
+        support=support,
+        query=query,
+        items=np.arange(40),
+        ranked_users=users,
+        support_group="new_user",
+    )
+    scoring = Scoring(implicit=False, relevance=1.0, ndcg_ks=(3,), top_k=5)
+    [result] = score_scenarios(model, fs, [scenario], train, scoring).values()
+    assert result.metrics["recall@5"] == pytest.approx(by_rank["recall@5"])

@@ -45,6 +45,19 @@ class ColdStartModel(Protocol):
     ) -> np.ndarray: ...
 
 
+@runtime_checkable
+class Ranker(Protocol):
+    """A model with a ranking head apart from its rating scores: when ``ranks`` is True, top-k ranks the
+    candidates by :meth:`rank` (higher first; arguments as ``predict``), and MAE and nDCG of the query rows
+    use ``predict``."""
+
+    ranks: bool
+
+    def rank(
+        self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
+    ) -> np.ndarray: ...
+
+
 def check_objective(objective: str, allowed: tuple[str, ...] = OBJECTIVES) -> str:
     """``objective`` if it is one of ``allowed``, else a ValueError naming the choices."""
     if objective not in allowed:

@@ -127,8 +127,24 @@ class MetaModel:
         self.learner = create(self.config, learner_fs, self.seed)
         self.learner.fit(learner_fs, users=np.unique(tasks["user_index"]), progress=self.progress)
 
+    @property
+    def ranks(self) -> bool:
+        """Whether top-k ranks by the learner's ranking head (:meth:`rank`) instead of :meth:`predict`."""
+        return bool(getattr(self.learner, "ranks", False))
+
     def predict(
         self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        return self._scores(fs, support, query, rank=False)
+
+    def rank(
+        self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """The ranking head's scores of the query rows (higher first), adapted as in :meth:`predict`."""
+        return self._scores(fs, support, query, rank=True)
+
+    def _scores(
+        self, fs: FeatureSet, support: dict[str, np.ndarray], query: dict[str, np.ndarray], rank: bool
     ) -> np.ndarray:
         if self.learner is None:
             raise RuntimeError(f"{self.name}: predict called before fit")
@@ -144,7 +160,8 @@ class MetaModel:
             support.get("rating", empty),
         )
         (q_items,) = group_rows(q_user, users, np.asarray(query["item_index"], dtype=np.int64))
-        preds = self.learner.adapt_predict(fs.user_cats[users], s_items, s_ratings, q_items)
+        adapt = self.learner.adapt_rank if rank else self.learner.adapt_predict  # type: ignore[attr-defined]
+        preds = adapt(fs.user_cats[users], s_items, s_ratings, q_items)
         if len(preds) != users.size:
             raise ValueError(f"meta-learner returned {len(preds)} prediction arrays for {users.size} users")
         flat = [np.asarray(p, dtype=np.float64).ravel() for p in preds]

@@ -12,7 +12,9 @@ from collections.abc import Mapping, Set
 
 import numpy as np
 
-TOPK_METRICS = ("precision", "recall", "f1", "hr", "mrr")
+TOPK_METRICS = ("precision", "recall", "f1", "hr", "mrr", "ndcg_all")
+"""Top-k metrics over all of a user's unrated candidates (``ndcg_all``: binary nDCG, apart from the graded
+``ndcg@k`` of the query rows)."""
 
 
 def _pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +214,8 @@ def per_user_topk(
     relevant: Mapping[int, Set[int]] | tuple[np.ndarray, np.ndarray],
     k: int = 10,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(users, {metric: values})`` of precision, recall, f1, hr and mrr at ``k`` per user with >= 1
-    relevant item.
+    """``(users, {metric: values})`` of precision, recall, f1, hr, mrr and ndcg_all at ``k`` per user with
+    >= 1 relevant item.
 
     ``(user, item, score)`` are the candidate rows: for each user every item it has not rated in training
     or support (see :func:`unseen_candidates`), scored by the model. ``relevant`` gives each user's relevant
@@ -224,7 +226,9 @@ def per_user_topk(
     apart (a constant score) hits nothing by luck of the item order. With ``hits`` relevant items in the
     top-k: precision = hits / k (k even if the user has fewer candidates), recall = hits / #relevant, f1 their
     harmonic mean (0 when both are 0), hr = 1 if hits > 0, mrr = 1 / rank of the first relevant item in
-    the top-k (0 if none). Users without relevant items are left out.
+    the top-k (0 if none), ndcg_all = Σ over hits of 1 / log2(rank + 1) divided by its ideal value,
+    Σ_{r <= min(k, #relevant)} 1 / log2(r + 1) (binary gains, rank 1 at the top). Users without relevant
+    items are left out.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -268,6 +272,8 @@ def per_user_topk(
     n_rel = np.bincount(codes, weights=is_rel, minlength=uniq.size)
     reciprocal = np.zeros(uniq.size)
     np.maximum.at(reciprocal, sorted_codes[hit], 1.0 / (rank[hit] + 1.0))
+    dcg = np.bincount(sorted_codes[hit], weights=1.0 / np.log2(rank[hit] + 2.0), minlength=uniq.size)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))
     scored = n_rel > 0
     precision = hits[scored] / k
     recall = hits[scored] / n_rel[scored]
@@ -279,6 +285,7 @@ def per_user_topk(
         "f1": f1,
         "hr": (hits[scored] > 0).astype(np.float64),
         "mrr": reciprocal[scored],
+        "ndcg_all": dcg[scored] / ideal[np.minimum(n_rel[scored], k).astype(np.int64) - 1],
     }
     return uniq[scored], values
 
@@ -290,8 +297,8 @@ def topk_metrics(
     relevant: Mapping[int, Set[int]] | tuple[np.ndarray, np.ndarray],
     k: int = 10,
 ) -> dict[str, float]:
-    """``{"precision@k", "recall@k", "f1@k", "hr@k", "mrr@k"}``: each the mean over the users with >= 1
-    relevant item of the per-user value defined in :func:`per_user_topk` (f1 is averaged per user, not
+    """``{"precision@k", "recall@k", "f1@k", "hr@k", "mrr@k", "ndcg_all@k"}``: each the mean over the users
+    with >= 1 relevant item of the per-user value defined in :func:`per_user_topk` (f1 is averaged per user, not
     computed from the mean precision and recall)."""
     users, values = per_user_topk(user, item, score, relevant, k)
     if users.size == 0:

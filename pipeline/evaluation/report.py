@@ -15,7 +15,7 @@ META_MODEL = "meta"
 """Drawn on top in the support-size figure."""
 SCENARIOS_PNG = "scenarios.png"
 SHOTS_PNG = "shots.png"
-TABLE_METRICS = ("mae", "rmse", "auc", "ndcg@", "recall@", "hr@")
+TABLE_METRICS = ("mae", "rmse", "auc", "ndcg@", "recall@", "ndcg_all@", "hr@")
 
 
 def _metric_of(cv: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ Rating and ranking metrics use the query rows: MAE and RMSE (models whose scores
 nDCG@k of each user's query items, and for the implicit task the per-user AUC of labels against scores;
 each is a mean over users, every user weighing the same.
 Top-k metrics rank, for each ranked query user (all, or a seeded sample: ``eval.topk_users``), every
-candidate item of the scenario's pool the user has not rated in training or support; the relevant items
+candidate item of the scenario's pool the user has not rated in training or support, by the model's
+scores (its ranking head's, :class:`~pipeline.baselines.base.Ranker`, where it has one); the relevant items
 are its query items rated ``>= relevance`` (labelled 1). The model scores the candidates and the other
 users' query rows in one pass per chunk of users, and the query rows are read from those scores, as every
 query row of a ranked user is a candidate.
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.baselines.base import ColdStartModel
+from pipeline.baselines.base import ColdStartModel, Ranker
 from pipeline.evaluation.metrics import (
+    TOPK_METRICS,
     auc,
     ndcg_at_k,
     per_user_auc,
@@ -106,9 +108,12 @@ def predict_by_user(
     user: np.ndarray,
     item: np.ndarray,
     chunk_rows: int = CANDIDATE_ROWS,
+    rank: bool = False,
 ) -> np.ndarray:
     """``model``'s scores of the rows ``(user, item)`` (grouped by user), at most about ``chunk_rows`` rows
-    per predict call, each call with the support rows of its users."""
+    per predict call, each call with the support rows of its users; ``rank``: its ranking head's scores
+    (:class:`~pipeline.baselines.base.Ranker`)."""
+    score = model.rank if rank and isinstance(model, Ranker) else model.predict
     out = np.empty(user.size, dtype=np.float64)
     if user.size == 0:
         return out
@@ -121,7 +126,7 @@ def predict_by_user(
     for a, b in itertools.pairwise(bounds):
         chunk_support = rows_of_users(support, np.unique(user[a:b]))
         pred = np.asarray(
-            model.predict(fs, chunk_support, {"user_index": user[a:b], "item_index": item[a:b]}),
+            score(fs, chunk_support, {"user_index": user[a:b], "item_index": item[a:b]}),
             dtype=np.float64,
         )
         if pred.shape != (b - a,):
@@ -198,12 +203,13 @@ def score_scenarios(
     Scenarios of one ``support_group`` give each user the same support set, so their candidates are scored
     in one pass: the model adapts to each user once.
     """
-    topk_names = [f"{m}@{scoring.top_k}" for m in ("precision", "recall", "f1", "hr", "mrr")]
+    topk_names = [f"{m}@{scoring.top_k}" for m in TOPK_METRICS]
     groups: dict[str, list[Scenario]] = {}
     for scenario in scenarios:
         if scenario.query["rating"].size:
             groups.setdefault(scenario.support_group, []).append(scenario)
-    scores: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    ranks = isinstance(model, Ranker) and model.ranks
+    scores: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for members in groups.values():
         parts = [scored_rows(s, train, fs.n_items) for s in members]
         user = np.concatenate([u for u, _ in parts])
@@ -212,9 +218,14 @@ def score_scenarios(
         support = _union([s.support for s in members], fs.n_items)
         flat = np.empty(user.size)
         flat[order] = predict_by_user(model, fs, support, user[order], item[order])
+        ranking = flat
+        if ranks:
+            ranking = np.empty(user.size)
+            ranking[order] = predict_by_user(model, fs, support, user[order], item[order], rank=True)
         ends = np.cumsum([u.size for u, _ in parts])
         for s, (s_user, s_item), end in zip(members, parts, ends, strict=True):
-            scores[s.name] = (s_user, s_item, flat[end - s_user.size : end])
+            span = slice(end - s_user.size, end)
+            scores[s.name] = (s_user, s_item, flat[span], ranking[span])
     results = {}
     for scenario in scenarios:
         q = scenario.query
@@ -224,7 +235,7 @@ def score_scenarios(
             empty = query_metrics(q_user, y_true, y_true, scoring, model.predicts_ratings)
             results[scenario.name] = ScenarioResult(empty.metrics | dict.fromkeys(topk_names), {})
             continue
-        s_user, s_item, s_score = scores[scenario.name]
+        s_user, s_item, s_score, s_rank = scores[scenario.name]
         pos = _query_positions(scenario, s_user, s_item, fs.n_items)
         result = query_metrics(q_user, y_true, s_score[pos], scoring, model.predicts_ratings)
         metrics = result.metrics | dict.fromkeys(topk_names)
@@ -233,7 +244,7 @@ def score_scenarios(
         if relevant[0].size:
             candidate = np.isin(s_user, scenario.ranked_users)
             metrics |= topk_metrics(
-                s_user[candidate], s_item[candidate], s_score[candidate], relevant, scoring.top_k
+                s_user[candidate], s_item[candidate], s_rank[candidate], relevant, scoring.top_k
             )
         results[scenario.name] = ScenarioResult(metrics, result.per_user)
     return results

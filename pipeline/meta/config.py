@@ -32,11 +32,13 @@ class FoldInConfig:
     max_support: int = 100
     max_query: int = 100
     init_precision: float = 5.0
+    rank_weight: float = 1.0
 
     def __post_init__(self) -> None:
         sizes = ("factors", "hidden", "epochs", "batch", "max_support", "max_query")
         bad = [n for n in sizes if getattr(self, n) < 1]
         bad += [n for n in ("learning_rate", "init_precision") if getattr(self, n) <= 0]
+        bad += ["rank_weight"] if self.rank_weight < 0 else []
         bad += ["item_dropout"] if not 0.0 <= self.item_dropout < 1.0 else []
         if bad:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)

@@ -15,8 +15,18 @@ prediction is ``μ + b_i + [1, h_i]·w_u``. Training draws, per user and step, a
 to ``max_support`` of the user's training ratings and scores the solve on up to ``max_query`` others:
 the gradient of the query error flows through the solve into the item tower, Λ and the prior.
 
-:meth:`FoldInLearner.adapt_heads` is the one adaptation path: training, evaluation and the served model
-all solve a user's head with it.
+The ranking head (``rank_weight`` > 0) scores which items a user will rate: every item also has a
+ranking bias ``c_i`` and factors ``g_i`` (its own id embedding plus a linear map of the rating factors),
+and the user's ranking state is the implicit fold-in of its support items (iALS's user solve),
+
+    v_u = (Σ_S g_i g_iᵀ + a Ḡ + diag(λ))⁻¹ Σ_S g_i,   Ḡ = the mean g_i g_iᵀ over the trained items,
+
+with ``a`` and ``λ`` learned; an item's ranking score is ``c_i + g_i·v_u``. Training adds ``rank_weight``
+times the cross-entropy of a softmax over the trained items (the support items left out) at the query
+items; a user without ratings ranks by ``c_i``.
+
+:meth:`FoldInLearner.adapt_heads` and :meth:`FoldInLearner.rank_states` are the one adaptation path:
+training, evaluation and the served model all solve a user's heads with them.
 """
 
 from __future__ import annotations
@@ -89,6 +99,16 @@ class ItemTower(nn.Module):
             nn.init.normal_(emb.weight, std=0.01)
         self.prior = nn.Parameter(torch.zeros(d))
         self.log_precision = nn.Parameter(torch.full((d,), math.log(config.init_precision)))
+        self.rank_id = nn.Embedding(rows, d)
+        nn.init.normal_(self.rank_id.weight, std=0.01)
+        self.rank_map = nn.Linear(d, d, bias=False)
+        self.rank_content = nn.Sequential(  # no output bias: a shift of every c_i leaves the softmax alone
+            nn.Linear(dims.text_dim + dims.n_multi, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, d, bias=False),
+        )
+        self.log_rank_precision = nn.Parameter(torch.zeros(d - 1))
+        self.log_rank_alpha = nn.Parameter(torch.zeros(()))
 
     def set_item_features(self, fs: FeatureSet) -> None:
         """Copy the items' centred text, normalised genres and attribute codes of ``fs`` into the buffers."""
@@ -107,16 +127,20 @@ class ItemTower(nn.Module):
             self.seen[torch.tensor(np.asarray(items), dtype=torch.long)] = True
             self.mean.fill_(float(np.mean(ratings)) if len(ratings) else 0.0)
 
-    def forward(self, dropped: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Bias [n + 1] and design rows ``[1, h_i]`` [n + 1, k + 1] of every item; an item without training
-        ratings, or ``dropped``, takes the unknown item's id embedding."""
+    def forward(self, dropped: Tensor | None = None) -> ItemSide:
+        """Every item's rating bias and design rows ``[1, h_i]`` and its ranking bias and factors; an item
+        without training ratings, or ``dropped``, takes the unknown item's id embeddings."""
         items = torch.arange(self.dims.n_items + 1, device=self.seen.device)
         known = self.seen if dropped is None else self.seen & ~dropped
-        out = self.id(torch.where(known, items, self.dims.n_items))
-        out = out + self.content(torch.cat([self.text, self.genres], -1))
+        ids = torch.where(known, items, self.dims.n_items)
+        features = torch.cat([self.text, self.genres], -1)
+        out = self.id(ids) + self.content(features)
         for f, emb in enumerate(self.item_fields):
             out = out + emb(self.cats[:, f])
-        return out[:, 0], torch.cat([torch.ones_like(out[:, :1]), out[:, 1:]], -1)
+        # the ranking reads the rating factors but does not move them
+        rank = self.rank_id(ids) + self.rank_content(features) + self.rank_map(out.detach())
+        design = torch.cat([torch.ones_like(out[:, :1]), out[:, 1:]], -1)
+        return ItemSide(out[:, 0], design, rank[:, 0], rank[:, 1:])
 
     def user_prior(self, user_cats: Tensor) -> Tensor:
         """Prior head ``m_u`` [B, k + 1] of users with attribute codes ``user_cats`` [B, F]."""
@@ -124,6 +148,18 @@ class ItemTower(nn.Module):
         for f, emb in enumerate(self.user_fields):
             out = out + emb(user_cats[:, f])
         return out
+
+
+@dataclass(frozen=True)
+class ItemSide:
+    """What the tower gives every item (row ``n_items``: the unknown item): the rating bias [n + 1] and
+    design rows ``[1, h_i]`` [n + 1, k + 1], the ranking bias ``c_i`` [n + 1] and factors ``g_i``
+    [n + 1, k]."""
+
+    bias: Tensor
+    x: Tensor
+    rank_bias: Tensor
+    rank_x: Tensor
 
 
 def ridge_heads(x: Tensor, y: Tensor, mask: Tensor, prior: Tensor, precision: Tensor) -> Tensor:
@@ -323,22 +359,25 @@ class FoldInLearner:
     def train_step(
         self, batch: FoldInBatch, n_global: int, reduce: GradReducer | None = None, world_size: int = 1
     ) -> tuple[Tensor, Tensor]:
-        """One step on this rank's tasks: the squared query error of the heads solved on the supports, over
-        the global batch's query ratings; returns the (reduced) sums of per-task query MSE and MAE."""
+        """One step on this rank's tasks: the squared query error of the heads solved on the supports, plus
+        ``rank_weight`` times the ranking head's cross-entropy at the query items, over the global batch's
+        query ratings; returns the (reduced) sums of per-task query MSE and MAE."""
         dev = self.device
-        bias, x = self.tower(batch.dropped.to(dev))
-        heads = self.adapt_heads(
-            bias,
-            x,
-            batch.user_cats.to(dev),
-            batch.support_items.to(dev),
-            batch.support_ratings.to(dev),
-            batch.support_mask.to(dev),
-        )
+        side = self.tower(batch.dropped.to(dev))
+        si, smask = batch.support_items.to(dev), batch.support_mask.to(dev)
+        heads = self.adapt_heads(side, batch.user_cats.to(dev), si, batch.support_ratings.to(dev), smask)
         qi, mask = batch.query_items.to(dev), batch.query_mask.to(dev)
-        pred = self.tower.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
+        pred = self.tower.mean + side.bias[qi] + (side.x[qi] * heads.unsqueeze(1)).sum(-1)
         err = (pred - batch.query_ratings.to(dev)) * mask
-        loss = (err**2).sum() / max(batch.global_queries, 1)
+        n_queries = max(batch.global_queries, 1)
+        loss = (err**2).sum() / n_queries
+        weight = self.config.foldin.rank_weight
+        if weight > 0:
+            logits = self.rank_scores(side, self.rank_states(side, si, smask))
+            support = torch.zeros_like(logits).scatter_add_(1, si, smask) > 0
+            logits = logits.masked_fill(support | ~self.tower.seen, -torch.inf)
+            picked = torch.log_softmax(logits, -1).gather(1, qi)
+            loss = loss - weight * torch.where(mask > 0, picked, 0.0).sum() / n_queries
         params = self.meta_parameters()
         raw = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, raw, strict=True)]
@@ -348,14 +387,36 @@ class FoldInLearner:
 
     # -- adaptation to (new) users -----------------------------------------------------------------
 
+    @property
+    def ranks(self) -> bool:
+        """Whether the learner has a ranking head (``rank_weight`` > 0); else top-k ranks by rating."""
+        return self.config.foldin.rank_weight > 0
+
     def adapt_heads(
-        self, bias: Tensor, x: Tensor, user_cats: Tensor, items: Tensor, ratings: Tensor, mask: Tensor
+        self, side: ItemSide, user_cats: Tensor, items: Tensor, ratings: Tensor, mask: Tensor
     ) -> Tensor:
-        """The users' heads [B, k + 1]: the ridge solve on their support rows (``items``, ``ratings``,
-        ``mask`` [B, S]) towards their prior, given the items' ``bias`` and design rows ``x``."""
-        y = ratings - self.tower.mean - bias[items]
+        """The users' rating heads [B, k + 1]: the ridge solve on their support rows (``items``,
+        ``ratings``, ``mask`` [B, S]) towards their prior, given the tower's ``side``."""
+        y = ratings - self.tower.mean - side.bias[items]
         prior = self.tower.user_prior(user_cats)
-        return ridge_heads(x[items], y, mask, prior, self.tower.log_precision.exp())
+        return ridge_heads(side.x[items], y, mask, prior, self.tower.log_precision.exp())
+
+    def rank_states(self, side: ItemSide, items: Tensor, mask: Tensor) -> Tensor:
+        """The users' ranking states ``v_u`` [B, k]: the implicit fold-in of their support ``items``
+        (``mask`` [B, S]; the module docstring), every trained item a weak negative."""
+        trained = side.rank_x[self.tower.seen]
+        gram = trained.T @ trained / max(trained.shape[0], 1)
+        g = side.rank_x[items] * mask.unsqueeze(-1)
+        lhs = g.transpose(1, 2) @ g + self.tower.log_rank_alpha.exp() * gram
+        lhs = lhs + torch.diag(self.tower.log_rank_precision.exp())
+        return torch.linalg.solve(lhs, g.sum(1).unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def rank_scores(side: ItemSide, states: Tensor, items: Tensor | None = None) -> Tensor:
+        """Ranking scores ``c_i + g_i·v_u``: of every item [B, n + 1], or of ``items`` [B, Q]."""
+        if items is None:
+            return side.rank_bias + states @ side.rank_x.T
+        return side.rank_bias[items] + (side.rank_x[items] * states.unsqueeze(1)).sum(-1)
 
     @torch.no_grad()
     def adapt_predict(
@@ -371,10 +432,33 @@ class FoldInLearner:
         Arguments as :meth:`pipeline.meta.learner.MetaLearner.adapt_predict`; ``context_items`` (items
         interacted with but not rated) are checked and not used: the fold-in learns from ratings only.
         Returns per user the predictions clipped to the rating range (binary: to [0, 1])."""
+        return self._per_user(user_cats, support_items, support_ratings, query_items, context_items, False)
+
+    @torch.no_grad()
+    def adapt_rank(
+        self,
+        user_cats: np.ndarray,
+        support_items: list[np.ndarray],
+        support_ratings: list[np.ndarray],
+        query_items: list[np.ndarray],
+    ) -> list[np.ndarray]:
+        """As :meth:`adapt_predict`, the ranking head's scores (higher ranks first); without a ranking head
+        (``rank_weight`` 0) the predicted ratings."""
+        return self._per_user(user_cats, support_items, support_ratings, query_items, None, self.ranks)
+
+    def _per_user(
+        self,
+        user_cats: np.ndarray,
+        support_items: list[np.ndarray],
+        support_ratings: list[np.ndarray],
+        query_items: list[np.ndarray],
+        context_items: list[np.ndarray] | None,
+        rank: bool,
+    ) -> list[np.ndarray]:
         user_cats = check_adapt_inputs(
             self.dims, user_cats, support_items, support_ratings, query_items, context_items
         )
-        bias, x = self.tower()
+        side = self.tower()
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(query_items)
         order = np.argsort([len(s) for s in support_items], kind="stable")
         for start in range(0, order.size, PREDICT_CHUNK):
@@ -385,12 +469,16 @@ class FoldInLearner:
                 [support_ratings[i] for i in chunk],
                 [query_items[i] for i in chunk],
             ).to(self.device)
-            heads = self.adapt_heads(
-                bias, x, batch.user_cats, batch.support_items, batch.support_ratings, batch.support_mask
-            )
             qi = batch.query_items
-            pred = self.tower.mean + bias[qi] + (x[qi] * heads.unsqueeze(1)).sum(-1)
-            scores = pred.clamp(self.dims.rating_min, self.dims.rating_max).cpu().numpy()
+            if rank:
+                states = self.rank_states(side, batch.support_items, batch.support_mask)
+                scores = self.rank_scores(side, states, qi).cpu().numpy()
+            else:
+                heads = self.adapt_heads(
+                    side, batch.user_cats, batch.support_items, batch.support_ratings, batch.support_mask
+                )
+                pred = self.tower.mean + side.bias[qi] + (side.x[qi] * heads.unsqueeze(1)).sum(-1)
+                scores = pred.clamp(self.dims.rating_min, self.dims.rating_max).cpu().numpy()
             for row, i in enumerate(chunk):
                 out[i] = scores[row, : len(query_items[i])].copy()
         return out
@@ -402,6 +490,12 @@ class FoldInLearner:
         return {k: v.detach().cpu().contiguous() for k, v in self.tower.state_dict().items()}
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        missing = sorted(set(self.tower.state_dict()) - set(tensors))
+        if missing:
+            raise ValueError(
+                f"saved fold-in lacks {', '.join(missing)}: it predates this version's model (e.g. the "
+                "ranking head); retrain it (metarec train)"
+            )
         self.tower.load_state_dict(tensors, strict=True)
 
     def describe(self) -> dict[str, Any]:

@@ -50,6 +50,11 @@ def model_card(
     adaptation = (
         f"a ridge solve of the user's bias and {t.foldin.factors} factors towards a learned prior: the "
         "meta-learned fold-in"
+        + (
+            "; the top-k order comes from its ranking head, an implicit fold-in of the items the user rated"
+            if t.foldin.rank_weight > 0
+            else ""
+        )
         if t.model == "foldin"
         else f"{t.algorithm}, {t.inner_steps} inner steps on the `{t.adapt}` parameters of MeLU's MLP"
     )

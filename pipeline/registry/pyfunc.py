@@ -36,7 +36,7 @@ from pipeline.features.categorical import encode_user
 from pipeline.features.store import ITEM_TITLES
 from pipeline.meta.learner import resolve_device
 from pipeline.meta.learners import load_learner
-from pipeline.registry.scorer import NonFiniteScores, make_scorer
+from pipeline.registry.scorer import FoldInScorer, NonFiniteScores, make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,15 @@ class MetaRecModel(PythonModel):
                     clip=False,
                     context_items=task.context_items,
                 )
+                order = raw
+                if isinstance(self._scorer, FoldInScorer) and self._scorer.ranks:
+                    order = self._scorer.ranking(task.support_items, query)
             except NonFiniteScores as exc:
                 log.error("request %d: %s", position, exc)
                 raise MlflowException(f"request {position}: {exc}", error_code=INTERNAL_ERROR) from None
             if task.all_items:
-                raw = raw[task.query_items]
-            ranked.append(self._rank(task, np.asarray(raw, np.float64)))
+                raw, order = raw[task.query_items], order[task.query_items]
+            ranked.append(self._rank(task, np.asarray(raw, np.float64), np.asarray(order, np.float64)))
         return ranked  # type: ignore[return-value]  # dicts shaped like Response (see there)
 
     def _task(self, position: int, request: Request) -> _Task:
@@ -284,10 +287,11 @@ class MetaRecModel(PythonModel):
             indices[j] = index
         return indices
 
-    def _rank(self, task: _Task, raw: np.ndarray) -> dict[str, list[Any]]:
-        """Best first by the unclipped prediction (two items above the top rating still differ); the
-        scores answered are predicted ratings, clipped to the rating range."""
-        top = np.argsort(-raw, kind="stable")[: task.k]
+    def _rank(self, task: _Task, raw: np.ndarray, order: np.ndarray) -> dict[str, list[Any]]:
+        """Best first by ``order``: the model's ranking head, or else the unclipped prediction (two items
+        above the top rating still differ); the scores answered are predicted ratings, clipped to the
+        rating range."""
+        top = np.argsort(-order, kind="stable")[: task.k]
         scores = np.clip(raw[top], self._rating_min, self._rating_max)
         chosen = task.query_items[top]
         answer = {"items": self._item_ids[chosen].tolist(), "scores": scores.tolist()}

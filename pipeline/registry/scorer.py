@@ -236,13 +236,19 @@ class Scorer:
 
 
 class FoldInScorer:
-    """Scores one user's candidates with the fold-in: the head solved on the user's ratings, the item side
+    """Scores one user's candidates with the fold-in: the heads solved on the user's ratings, the item side
     cached."""
 
     def __init__(self, learner: FoldInLearner) -> None:
         self.learner = learner
+        self.ranks = learner.ranks
         with torch.no_grad():
-            self._bias, self._x = learner.tower()
+            self._side = learner.tower()
+
+    def _rows(self, query_items: np.ndarray | None) -> slice | Tensor:
+        if query_items is None:
+            return slice(0, self.learner.dims.n_items)
+        return torch.as_tensor(query_items, device=self.learner.device)
 
     def scores(
         self,
@@ -254,24 +260,27 @@ class FoldInScorer:
         context_items: np.ndarray | None = None,
     ) -> np.ndarray:
         """As :meth:`Scorer.scores`; ``context_items`` are not used (the fold-in learns from ratings only)."""
-        device, dims = self.learner.device, self.learner.dims
+        device, dims, side = self.learner.device, self.learner.dims, self._side
         with torch.no_grad():
             items = torch.as_tensor(np.asarray(support_items, np.int64), device=device)[None]
             ratings = torch.as_tensor(np.asarray(support_ratings, np.float32), device=device)[None]
-            head = self.learner.adapt_heads(
-                self._bias,
-                self._x,
-                torch.as_tensor(np.asarray(user_cats, np.int64), device=device)[None],
-                items,
-                ratings,
-                torch.ones_like(ratings),
-            )[0]
-            rows = (
-                slice(0, dims.n_items) if query_items is None else torch.as_tensor(query_items, device=device)
-            )
-            pred = self.learner.tower.mean + self._bias[rows] + self._x[rows] @ head
+            cats = torch.as_tensor(np.asarray(user_cats, np.int64), device=device)[None]
+            head = self.learner.adapt_heads(side, cats, items, ratings, torch.ones_like(ratings))[0]
+            rows = self._rows(query_items)
+            pred = self.learner.tower.mean + side.bias[rows] + side.x[rows] @ head
             pred = pred.clamp(dims.rating_min, dims.rating_max) if clip else pred
             return _finite(pred.float().cpu().numpy(), len(support_items))
+
+    def ranking(self, support_items: np.ndarray, query_items: np.ndarray | None) -> np.ndarray:
+        """The ranking head's scores of ``query_items`` (every item when None) for a user who rated
+        ``support_items``: higher ranks first."""
+        device, side = self.learner.device, self._side
+        with torch.no_grad():
+            items = torch.as_tensor(np.asarray(support_items, np.int64), device=device)[None]
+            state = self.learner.rank_states(side, items, torch.ones(items.shape, device=device))[0]
+            rows = self._rows(query_items)
+            score = side.rank_bias[rows] + side.rank_x[rows] @ state
+            return _finite(score.float().cpu().numpy(), len(support_items))
 
 
 def make_scorer(learner: Learner, compression: Compression = "none") -> Scorer | FoldInScorer:
