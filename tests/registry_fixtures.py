@@ -23,6 +23,7 @@ import torch
 from pipeline.features.categorical import encode_users
 from pipeline.features.store import FeatureSet, save_feature_set
 from pipeline.meta.learner import MetaLearner
+from pipeline.meta.learners import Learner
 from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.registry.register import register
@@ -156,7 +157,7 @@ def write_cv(
     paths.per_user_values.write_text(json.dumps(per_user_result(per_user or {})))
 
 
-def stage_inputs(root: Path, learner: MetaLearner, fs: FeatureSet) -> Paths:
+def stage_inputs(root: Path, learner: Learner, fs: FeatureSet) -> Paths:
     """A project root holding what ``register`` reads: the model, the feature set, cv.json, dvc.lock."""
     paths = Paths(root)
     learner.save(paths.model)

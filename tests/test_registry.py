@@ -25,6 +25,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
 from pipeline.features.categorical import encode_user
 from pipeline.features.store import FeatureSet
+from pipeline.meta.foldin import FoldInLearner
 from pipeline.meta.learner import MetaLearner
 from pipeline.params import Params, RegisterParams, TrainParams
 from pipeline.paths import Paths
@@ -134,6 +135,31 @@ def test_scores_match_the_learner(
     )
     by_item = dict(zip(out["items"], out["scores"], strict=True))
     np.testing.assert_allclose([by_item[item_id(i)] for i in query], expected, rtol=1e-6)
+
+
+def test_a_served_fold_in_ranks_by_its_ranking_head_and_answers_ratings(
+    tmp_path: Path, fs: FeatureSet
+) -> None:
+    """The served fold-in (``train.model: foldin``): its top-k order is the ranking head's (the implicit
+    fold-in of the rated items), the scores it answers are the predicted ratings of those items."""
+    learner = FoldInLearner.create(
+        {**TRAIN_CONFIG, "model": "foldin"}, fs, seed=0, device=torch.device("cpu")
+    )
+    learner.sampler(fs)  # sets the training mean and the seen items, as training would
+    stage_inputs(tmp_path, learner, fs)
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", **reg.pyfunc_spec(Paths(tmp_path)))
+    served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    [out] = served.predict([{"user_id": "x", "ratings": A_USER, "k": 8}])
+    rated = np.array([0, 1, 2, 12, 13, 14])
+    query = np.setdiff1d(np.arange(N_ITEMS), rated)
+    no_user = np.zeros((1, len(fs.user_cards)), np.int64)
+    support = ([rated], [np.array([5, 5, 5, 1, 1, 1], np.float32)])
+    [rank] = learner.adapt_rank(no_user, *support, [query])
+    [rating] = learner.adapt_predict(no_user, *support, [query])
+    top = np.argsort(-rank, kind="stable")[:8]
+    assert out["items"] == [item_id(i) for i in query[top]]
+    np.testing.assert_allclose(out["scores"], rating[top], rtol=1e-6)
+    assert not np.array_equal(top, np.argsort(-rating, kind="stable")[:8])  # not the rating order
 
 
 def test_batched_requests_match_single_ones(served: mlflow.pyfunc.PyFuncModel) -> None:
