@@ -298,8 +298,8 @@ def topk_metrics(
     k: int = 10,
 ) -> dict[str, float]:
     """``{"precision@k", "recall@k", "f1@k", "hr@k", "mrr@k", "ndcg_all@k"}``: each the mean over the users
-    with >= 1 relevant item of the per-user value defined in :func:`per_user_topk` (f1 is averaged per user, not
-    computed from the mean precision and recall)."""
+    with >= 1 relevant item of the per-user value defined in :func:`per_user_topk` (f1 is averaged per
+    user, not computed from the mean precision and recall)."""
     users, values = per_user_topk(user, item, score, relevant, k)
     if users.size == 0:
         raise ValueError("top-k metrics are undefined: no user has a relevant item")

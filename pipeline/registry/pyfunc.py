@@ -1,7 +1,8 @@
 """The served model: an MLflow pyfunc that adapts the meta-learner to each request's user, then ranks.
 
 A request carries a (possibly unknown, possibly brand-new) user's few ratings: they become the support
-set, the inner loop runs on them, and the adapted model scores the candidates (the query set).
+set, the model adapts to them (the fold-in's ridge solves, MeLU's inner loop), and the adapted model
+scores and orders the candidates (the query set).
 
 ``predict`` takes plain dicts (``list[dict[str, Any]]``: MLflow checks only that) and validates each
 against the strict :class:`Request` itself, so that a bad request gets one short line naming the request
@@ -79,7 +80,8 @@ class Request(_Strict):
 
 
 class Response(BaseModel):
-    """The top ``k`` candidates, best first, with their predicted ratings (and titles, when asked).
+    """The top ``k`` candidates, best first, with their predicted ratings (and titles, when asked). The
+    fold-in's ranking head orders them, so the ratings need not descend.
 
     The output schema; ``predict`` answers plain dicts of this shape, which read like the served JSON.
     """
