@@ -1,14 +1,18 @@
-"""Meta-training throughput (tasks/s) of the loop, vmap and CUDA-graph implementations, plus peak memory.
+"""Meta-training throughput (tasks/s) of MeLU's loop, vmap and CUDA-graph implementations and of the
+meta-learned fold-in, plus peak memory.
 
     python benchmarks/meta_throughput.py --device cpu --json benchmarks/results/meta_throughput_cpu.json
     python benchmarks/meta_throughput.py --device cuda --json benchmarks/results/meta_throughput_cuda.json
 
 MeLU-sized problem: 32-d embeddings of 4 user fields, item id, 1 item field, genres and a 384-d text
-projection (256 inputs) → 64 → 64 → 1; second-order MAML, 5 inner steps, support 64, query 10, adapting the
-decision layers. One measured step is a full meta-step (meta-gradient and Adam update) on a fixed,
-pre-built batch; tasks/s comes from the median step time (and the best one), which keeps the numbers
-stable on a shared machine. Each (implementation, meta-batch) runs in its own process, so peak memory
-is its own: peak resident set size on CPU (torch itself included), peak allocated CUDA memory on CUDA.
+projection (256 inputs) → 64 → 64 → 1; second-order MAML, 5 inner steps, support 64, query 10, adapting
+the decision layers. ``foldin``: the meta-learned fold-in (``train.model: foldin``, params.yaml's
+``train.foldin``: 32 factors, content MLP 128, ranking head on) on the same items and tasks: one ridge
+solve per task and the ranking head's softmax over all items. One measured step is a full meta-step (meta-
+gradient and Adam update) on a fixed, pre-built batch; tasks/s comes from the median step time (and the
+best one), which keeps the numbers stable on a shared machine. Each (implementation, meta-batch) runs in
+its own process, so peak memory is its own: peak resident set size on CPU (torch itself included), peak
+allocated CUDA memory on CUDA.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ if str(REPO) not in sys.path:
 from pipeline.features.store import FeatureSet  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.meta.batching import pad_tasks  # noqa: E402
+from pipeline.meta.foldin import FoldInBatch, FoldInLearner  # noqa: E402
 from pipeline.meta.learner import MetaLearner  # noqa: E402
 
 USER_CARDS, ITEM_CARDS, N_ITEMS, N_GENRES, TEXT_DIM = (8, 3, 22, 10), (9,), 1682, 18, 384
@@ -72,26 +77,50 @@ def melu_sized_feature_set(seed: int = 0) -> FeatureSet:
     )
 
 
+def foldin_learner(meta_batch: int, device: str) -> FoldInLearner:
+    config = {"model": "foldin", "foldin": {"batch": meta_batch}, "device": device}
+    learner = FoldInLearner.create(config, melu_sized_feature_set(), seed=0)
+    learner.tower.set_training_rows(np.arange(N_ITEMS), np.full(N_ITEMS, 3.5))
+    return learner
+
+
 def measure(
     impl: str, meta_batch: int, device: str, min_seconds: float, max_steps: int, bf16: bool
 ) -> dict[str, Any]:
     """Tasks/s of full meta-steps of one implementation at one meta-batch size (run in a fresh process)."""
     fs = melu_sized_feature_set()
-    learner = MetaLearner.create(
-        {**CONFIG, "impl": impl, "meta_batch": meta_batch, "device": device, "bf16": bf16}, fs, seed=0
-    )
-    learner.model.item_seen.fill_(True)
+    learner: MetaLearner | FoldInLearner
+    if impl == "foldin":
+        learner = foldin_learner(meta_batch, device)
+    else:
+        learner = MetaLearner.create(
+            {**CONFIG, "impl": impl, "meta_batch": meta_batch, "device": device, "bf16": bf16}, fs, seed=0
+        )
+        learner.model.item_seen.fill_(True)
     rng = np.random.default_rng(1)
     items = [rng.choice(N_ITEMS, SUPPORT + QUERY, replace=False) for _ in range(meta_batch)]
     ratings = [rng.integers(1, 6, SUPPORT + QUERY).astype(np.float32) for _ in range(meta_batch)]
     users = np.stack([rng.integers(0, c, meta_batch) for c in USER_CARDS], axis=1)
-    batch = pad_tasks(
+    padded = pad_tasks(
         users,
         [i[:SUPPORT] for i in items],
         [r[:SUPPORT] for r in ratings],
         [i[SUPPORT:] for i in items],
         [r[SUPPORT:] for r in ratings],
     )
+    batch: Any = padded
+    if impl == "foldin":
+        batch = FoldInBatch(
+            user_cats=padded.user_cats,
+            support_items=padded.support_items,
+            support_ratings=padded.support_ratings,
+            support_mask=padded.support_mask,
+            query_items=padded.query_items,
+            query_ratings=padded.query_ratings,
+            query_mask=padded.query_mask,
+            dropped=torch.zeros(N_ITEMS + 1, dtype=torch.bool),
+            global_queries=meta_batch * QUERY,
+        )
     cuda = learner.device.type == "cuda"
 
     def sync() -> None:
@@ -128,7 +157,7 @@ def measure(
 
 
 def plan(device: str, batches: list[int], quick: bool, bf16: bool) -> list[tuple[str, int, bool]]:
-    impls = ["loop", "vmap"] + (["graph"] if device == "cuda" else [])
+    impls = ["loop", "vmap"] + (["graph"] if device == "cuda" else []) + ["foldin"]
     runs = [
         (impl, mb, False) for mb in batches for impl in impls if not (impl == "loop" and quick and mb > 32)
     ]
