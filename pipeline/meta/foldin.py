@@ -16,8 +16,9 @@ to ``max_support`` of the user's training ratings and scores the solve on up to 
 the gradient of the query error flows through the solve into the item tower, Λ and the prior.
 
 The ranking head (``rank_weight`` > 0) scores which items a user will rate: every item also has a
-ranking bias ``c_i`` and factors ``g_i`` (its own id embedding plus a linear map of the rating factors),
-and the user's ranking state is the implicit fold-in of its support items (iALS's user solve),
+ranking bias ``c_i`` and factors ``g_i`` (its own id embedding and MLP of text and genres, plus a linear
+map of the rating factors read without moving them: the ranking leaves the ratings as they are), and the
+user's ranking state is the implicit fold-in of its support items (iALS's user solve),
 
     v_u = (Σ_S g_i g_iᵀ + a Ḡ + diag(λ))⁻¹ Σ_S g_i,   Ḡ = the mean g_i g_iᵀ over the trained items,
 
