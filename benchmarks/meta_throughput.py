@@ -110,17 +110,7 @@ def measure(
     )
     batch: Any = padded
     if impl == "foldin":
-        batch = FoldInBatch(
-            user_cats=padded.user_cats,
-            support_items=padded.support_items,
-            support_ratings=padded.support_ratings,
-            support_mask=padded.support_mask,
-            query_items=padded.query_items,
-            query_ratings=padded.query_ratings,
-            query_mask=padded.query_mask,
-            dropped=torch.zeros(N_ITEMS + 1, dtype=torch.bool),
-            global_queries=meta_batch * QUERY,
-        )
+        batch = FoldInBatch.of(padded, torch.zeros(N_ITEMS + 1, dtype=torch.bool), meta_batch * QUERY)
     cuda = learner.device.type == "cuda"
 
     def sync() -> None:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from pipeline.features.store import FeatureSet
 from pipeline.meta import saved
-from pipeline.meta.batching import pad_tasks
+from pipeline.meta.batching import TaskBatch, pad_tasks
 from pipeline.meta.config import FoldInConfig, TrainConfig
 from pipeline.meta.learner import resolve_device
 from pipeline.meta.loop import GradReducer, TrainState, apply_gradients, train_loop
@@ -187,6 +187,21 @@ class FoldInBatch:
     dropped: Tensor
     global_queries: int
 
+    @classmethod
+    def of(cls, padded: TaskBatch, dropped: Tensor, global_queries: int) -> FoldInBatch:
+        """The padded tasks of :func:`pipeline.meta.batching.pad_tasks` with this step's dropped items."""
+        return cls(
+            user_cats=padded.user_cats,
+            support_items=padded.support_items,
+            support_ratings=padded.support_ratings,
+            support_mask=padded.support_mask,
+            query_items=padded.query_items,
+            query_ratings=padded.query_ratings,
+            query_mask=padded.query_mask,
+            dropped=dropped,
+            global_queries=global_queries,
+        )
+
 
 class FoldInSampler:
     """Seeded training tasks: each step, a batch of users, each with a random support of 1..max_support of
@@ -248,18 +263,7 @@ class FoldInSampler:
             [self.items[r] for r in q_rows],
             [self.ratings[r] for r in q_rows],
         )
-        batch = FoldInBatch(
-            user_cats=padded.user_cats,
-            support_items=padded.support_items,
-            support_ratings=padded.support_ratings,
-            support_mask=padded.support_mask,
-            query_items=padded.query_items,
-            query_ratings=padded.query_ratings,
-            query_mask=padded.query_mask,
-            dropped=dropped,
-            global_queries=sum(len(q) for q in query),
-        )
-        return batch, len(pick)
+        return FoldInBatch.of(padded, dropped, sum(len(q) for q in query)), len(pick)
 
 
 class FoldInLearner:
